@@ -1,0 +1,167 @@
+"""The agent facade: collect facts -> render keys -> publish the difference.
+
+:class:`Agent` composes an OS backend, the schema and (for ``run``) a publisher;
+it holds the little state a round needs from the previous one: the last good
+value of each collector, the address indexes, the memory figure last published.
+The CLI builds it; the daemon drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+from xenguest_agent import __version__, schema
+from xenguest_agent.backends.base import Backend
+from xenguest_agent.config import Config, MemoryConfig
+from xenguest_agent.facts import Facts, Memory
+from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
+from xenguest_agent.publisher import Publisher, PublishResult
+from xenguest_agent.xenstore import XenStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+#: The value of ``data/updated``.  Readers test that the key exists (squeezed)
+#: or react to its being rewritten; the value itself carries no meaning.
+UPDATED_VALUE = "1"
+
+COLLECTORS = ("os", "memory", "interfaces", "capabilities", "names")
+
+
+def memory_due(published: Optional[Memory], since: float, now: float, current: Memory,
+               config: MemoryConfig) -> bool:
+    """Hysteresis for ``data/meminfo_free``: publish when the figure moved by more
+    than an absolute or relative threshold, or moved at all and ``max_age``
+    passed; never more often than ``min_interval``; a total change (balloon,
+    hot-plug) is always published."""
+    if published is None or published.total_kib != current.total_kib:
+        return True
+    delta = abs(current.free_kib - published.free_kib)
+    if delta == 0 or now - since < config.min_interval:
+        return False
+    relative = current.total_kib * config.threshold_percent / 100.0
+    return delta >= config.threshold_kib or delta >= relative or now - since >= config.max_age
+
+
+@dataclass(frozen=True)
+class MacDirectory:
+    """What the toolstack says about NIC MACs: ``device/vif/N/mac`` and
+    ``xenserver/device/net-sriov-vf/N/mac`` (a fallback when the guest kernel
+    does not tell which VIF a NIC is)."""
+
+    vifs: Dict[str, int]
+    sriov: Dict[str, int]
+
+
+def read_mac_directory(store: XenStore) -> MacDirectory:
+    def read(base: str) -> Dict[str, int]:
+        found: Dict[str, int] = {}
+        for child in store.ls(base) or ():
+            mac = store.read(f"{base}/{child}/mac")
+            if mac and child.isdigit():
+                found[mac.strip().lower()] = int(child)
+        return found
+    return MacDirectory(vifs=read("device/vif"), sriov=read("xenserver/device/net-sriov-vf"))
+
+
+class Agent:
+    """One guest's facts and their XenStore rendering."""
+
+    def __init__(self, backend: Backend, config: Config, clock: Clock = time.monotonic) -> None:
+        self.backend = backend
+        self.config = config
+        self.clock = clock
+        self.tools = schema.tools_version(__version__)
+        self._last_good: Dict[str, object] = {}
+        self._slots: Dict[str, Slots] = {}
+        self._memory_published: Optional[Memory] = None
+        self._memory_since = 0.0
+        self._macs: Optional[MacDirectory] = None
+        self._macs_for: Tuple[str, ...] = ()
+
+    # --- collection ------------------------------------------------------------------------
+
+    def _run_collector(self, name: str) -> object:
+        method = {
+            "os": self.backend.os_info, "memory": self.backend.memory,
+            "interfaces": self.backend.interfaces, "capabilities": self.backend.capabilities,
+            "names": self.backend.host_names,
+        }[name]
+        started = time.perf_counter()
+        try:
+            value = method()
+        except Exception as exc:  # one broken collector never stops the others
+            elapsed = (time.perf_counter() - started) * 1000
+            kept = "keeping the last good value" if name in self._last_good else "no value yet"
+            log.warning("collector %s failed after %.1f ms: %s (%s)", name, elapsed, exc, kept)
+            return self._last_good.get(name)
+        self._last_good[name] = value
+        return value
+
+    def collect(self) -> Facts:
+        values = {name: self._run_collector(name) for name in COLLECTORS}
+        return Facts(tools=self.tools, os=values["os"], memory=values["memory"],  # type: ignore[arg-type]
+                     interfaces=values["interfaces"], capabilities=values["capabilities"],  # type: ignore[arg-type]
+                     names=values["names"])  # type: ignore[arg-type]
+
+    # --- rendering -------------------------------------------------------------------------
+
+    def network_view(self, facts: Facts, macs: Optional[MacDirectory]) -> Optional[NetworkView]:
+        if facts.interfaces is None:
+            return None
+        net = self.config.network
+        interfaces = resolve_vifs(facts.interfaces, dict(net.static_vifs),
+                                  macs.vifs if macs else {})
+        return group_addresses(interfaces, macs.sriov if macs else {}, net.include, net.exclude)
+
+    def render(self, facts: Facts, macs: Optional[MacDirectory] = None) -> Dict[str, str]:
+        """The desired keys for ``facts``; remembers the address indexes it chose."""
+        features = self.config.features
+        rendered = schema.render(facts, self.network_view(facts, macs), self._slots,
+                                 max_addresses=self.config.network.max_addresses,
+                                 advertise_balloon=features.balloon,
+                                 advertise_hotplug=features.hotplug)
+        self._slots = rendered.slots
+        return rendered.values
+
+    def _apply_memory_hysteresis(self, facts: Facts, desired: Dict[str, str]) -> None:
+        current = facts.memory
+        if current is None:
+            return
+        now = self.clock()
+        if memory_due(self._memory_published, self._memory_since, now, current, self.config.memory):
+            self._memory_published = current
+            self._memory_since = now
+        else:  # keep publishing the figure already in XenStore: the diff sees no change
+            desired["data/meminfo_free"] = str(self._memory_published.free_kib)  # type: ignore[union-attr]
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def _mac_directory(self, store: XenStore, facts: Facts) -> Optional[MacDirectory]:
+        """Read the toolstack's MAC table only when a NIC's VIF id is unknown, and
+        again only when the set of such NICs changes (hot-plug)."""
+        unresolved = tuple(sorted(i.mac for i in facts.interfaces or ()
+                                  if i.vif is None and i.mac and not i.lower))
+        if not unresolved:
+            return None
+        if self._macs is None or unresolved != self._macs_for:
+            self._macs = read_mac_directory(store)
+            self._macs_for = unresolved
+        return self._macs
+
+    def forget(self) -> None:
+        """After a resume, migration or reconnect: nothing cached is trusted."""
+        self._macs = None
+        self._memory_published = None
+
+    def publish(self, store: XenStore, publisher: Publisher) -> PublishResult:
+        """One round: collect, render, hysteresis, publish the difference."""
+        facts = self.collect()
+        desired = self.render(facts, self._mac_directory(store, facts))
+        self._apply_memory_hysteresis(facts, desired)
+        return publisher.publish(desired, marker=(schema.UPDATED_KEY, UPDATED_VALUE),
+                                 quiet=schema.MEMORY_KEYS)

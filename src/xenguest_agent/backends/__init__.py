@@ -1,0 +1,26 @@
+"""OS backends.  :func:`select_backend` is the one place that picks one."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from xenguest_agent.backends.base import Backend
+from xenguest_agent.host import Host
+
+SUPPORTED = ("linux", "freebsd")
+
+
+class UnsupportedOS(Exception):
+    """The running OS has no backend."""
+
+
+def select_backend(os_name: str, host: Host, addresses: Optional[object] = None) -> Backend:
+    """The backend for ``os_name`` (``platform.system().lower()``), reading through ``host``.
+
+    Backend modules are imported here, lazily, so importing the package does not
+    import psutil or touch the OS."""
+    name = os_name.lower()
+    if name == "linux":
+        from xenguest_agent.backends.linux import LinuxBackend
+        return LinuxBackend(host, addresses)
+    raise UnsupportedOS(f"no backend for {os_name!r} (supported: {', '.join(SUPPORTED)})")

@@ -1,0 +1,105 @@
+"""The one small interface every OS backend implements, plus pure helpers they share.
+
+Backends are chosen in one place (:func:`xenguest_agent.backends.select_backend`)
+and meet the rest of the agent only through :class:`Backend` and the records in
+:mod:`xenguest_agent.facts` (psutil's ``_pslinux``/``_psbsd`` split is the model).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from typing import Dict, Optional, Protocol, Tuple
+
+from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
+
+
+class Backend(Protocol):
+    """What an OS backend can tell.  Each method may raise; the agent logs the
+    failure with the collector's name and keeps the others (node_exporter)."""
+
+    #: short OS name, used in logs and to pick defaults ("linux", "freebsd")
+    name: str
+    #: where this OS exposes XenStore to a guest
+    default_xenstore: str
+
+    def os_info(self) -> OsInfo: ...
+
+    def memory(self) -> Memory: ...
+
+    def interfaces(self) -> Tuple[Interface, ...]: ...
+
+    def capabilities(self) -> Capabilities: ...
+
+    def host_names(self) -> HostNames: ...
+
+
+# --- os-release (freedesktop.org os-release(5)); shared by Linux and FreeBSD ---------------
+
+_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def parse_os_release(text: str) -> Dict[str, str]:
+    """Parse os-release(5) text: shell-style ``KEY=value`` lines, quotes optional."""
+    fields: Dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ASSIGNMENT.match(line)
+        if not match:
+            continue
+        key, value = match.groups()
+        try:
+            parts = shlex.split(value, comments=False, posix=True)
+        except ValueError:  # unbalanced quotes: take the text as it stands
+            parts = [value.strip("\"'")]
+        fields[key] = " ".join(parts)
+    return fields
+
+
+def split_version(version: str) -> Tuple[Optional[str], Optional[str]]:
+    """``"9.3"`` -> ("9", "3"), ``"12"`` -> ("12", None), ``"24.04"`` -> ("24", "04"),
+    ``"14.1-RELEASE-p5"`` -> ("14", "1"), ``"rolling"`` -> (None, None).
+
+    The components stay strings, as written, because xapi copies them into
+    ``os_version`` as strings (xapi_guest_agent.ml)."""
+    match = re.match(r"^\s*(\d+)(?:\.(\d+))?", version or "")
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def os_info_from_release(fields: Dict[str, str], kernel: str) -> Optional[OsInfo]:
+    """OsInfo from os-release fields, or None if they do not even name the OS."""
+    distro = fields.get("ID", "").strip().lower()
+    name = fields.get("PRETTY_NAME") or " ".join(
+        part for part in (fields.get("NAME"), fields.get("VERSION")) if part)
+    if not distro and not name:
+        return None
+    major, minor = split_version(fields.get("VERSION_ID", ""))
+    return OsInfo(name=name or distro, distro=distro or name.split()[0].lower(),
+                  major=major, minor=minor, kernel=kernel)
+
+
+def is_link_local(address: str) -> bool:
+    """169.254/16 and fe80::/10: reported after global addresses."""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_link_local
+    except ValueError:
+        return False
+
+
+def make_address(family: int, address: str) -> Optional[Address]:
+    """A validated, normalised Address, or None for loopback or garbage.
+
+    IPv6 zone suffixes (``fe80::1%eth0``) are stripped: xapi shows the bare address."""
+    bare = address.split("%", 1)[0]
+    try:
+        parsed = ipaddress.ip_address(bare)
+    except ValueError:
+        return None
+    if parsed.version != family or parsed.is_loopback or parsed.is_unspecified:
+        return None
+    return Address(family=family, address=str(parsed), link_local=parsed.is_link_local)

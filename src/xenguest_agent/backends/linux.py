@@ -1,0 +1,224 @@
+"""Linux backend: /proc, /sys and /etc under the host root; no external commands.
+
+Sources of truth cited per method.  Everything read is parsed by a pure function
+that takes text, so each quirk is tested with inline input and each distro with
+a captured fixture tree (tests/fixtures/linux/...).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Dict, List, Optional, Tuple
+
+from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
+from xenguest_agent.backends.base import os_info_from_release, parse_os_release, split_version
+from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
+from xenguest_agent.host import Host
+
+log = logging.getLogger(__name__)
+
+#: drivers/xen/xenbus/xenbus_dev_frontend.c registers the "xen/xenbus" misc device
+#: (udev: /dev/xen/xenbus); /proc/xen/xenbus is the pre-3.x location.
+DEFAULT_XENSTORE = "/dev/xen/xenbus"
+
+_VIF_NODENAME = re.compile(r"^device/vif/(\d+)$")
+
+
+class LinuxError(Exception):
+    """A Linux source exists but could not be understood."""
+
+
+# --- pure parsers -------------------------------------------------------------------------
+
+def parse_meminfo(text: str) -> Memory:
+    """Memory from /proc/meminfo (fs/proc/meminfo.c; values are in kB = KiB).
+
+    Free is ``MemAvailable`` (kernel 3.14+, the estimate of memory available to
+    start new applications without swapping); older kernels lack it, and then
+    ``MemFree`` is the best the kernel says (it undercounts the page cache)."""
+    values: Dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[name.strip()] = int(parts[0])
+    if "MemTotal" not in values:
+        raise LinuxError("/proc/meminfo has no MemTotal")
+    free = values.get("MemAvailable", values.get("MemFree"))
+    if free is None:
+        raise LinuxError("/proc/meminfo has neither MemAvailable nor MemFree")
+    return Memory(total_kib=values["MemTotal"], free_kib=free)
+
+
+_LEGACY_RELEASE = re.compile(
+    r"^(?P<name>.*?)\s+(?:release\s+)?(?P<version>\d+(?:\.\d+)*)(?:\s*\((?P<code>[^)]*)\))?\s*$")
+
+_LEGACY_IDS = (
+    ("red hat enterprise linux", "rhel"), ("centos", "centos"), ("fedora", "fedora"),
+    ("rocky", "rocky"), ("almalinux", "almalinux"), ("oracle", "ol"),
+    ("scientific", "scientific"), ("suse linux enterprise", "sles"), ("opensuse", "opensuse"),
+)
+
+
+def parse_legacy_release(text: str, kernel: str) -> Optional[OsInfo]:
+    """/etc/redhat-release style text: ``CentOS release 6.10 (Final)``."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    match = _LEGACY_RELEASE.match(line)
+    if not match:
+        return None
+    lowered = match.group("name").lower()
+    distro = next((ident for key, ident in _LEGACY_IDS if key in lowered), lowered.split()[0])
+    major, minor = split_version(match.group("version"))
+    return OsInfo(name=line, distro=distro, major=major, minor=minor, kernel=kernel)
+
+
+def parse_lsb_release(text: str, kernel: str) -> Optional[OsInfo]:
+    """/etc/lsb-release (``DISTRIB_ID``/``DISTRIB_RELEASE``), used by old Ubuntu."""
+    fields = parse_os_release(text)
+    ident = fields.get("DISTRIB_ID", "").lower()
+    if not ident:
+        return None
+    major, minor = split_version(fields.get("DISTRIB_RELEASE", ""))
+    name = fields.get("DISTRIB_DESCRIPTION") or f"{fields['DISTRIB_ID']} {fields.get('DISTRIB_RELEASE', '')}".strip()
+    return OsInfo(name=name, distro=ident, major=major, minor=minor, kernel=kernel)
+
+
+def parse_resolv_domain(text: str) -> Optional[str]:
+    """The DNS domain from resolv.conf(5): ``domain`` wins, else the first ``search`` entry."""
+    domain = search = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "domain":
+            domain = parts[1]
+        elif len(parts) >= 2 and parts[0] == "search" and search is None:
+            search = parts[1]
+    chosen = domain or search
+    return chosen.rstrip(".") if chosen and chosen != "." else None
+
+
+def vif_from_nodename(nodename: Optional[str]) -> Optional[int]:
+    """``device/vif/3`` -> 3: the toolstack's VIF id (xen-netfront's xenbus nodename)."""
+    match = _VIF_NODENAME.match(nodename or "")
+    return int(match.group(1)) if match else None
+
+
+# --- the backend ---------------------------------------------------------------------------
+
+class LinuxBackend:
+    """Facts of a Linux guest, read through a :class:`Host` (root-relative)."""
+
+    name = "linux"
+    default_xenstore = DEFAULT_XENSTORE
+
+    def __init__(self, host: Host, addresses: Optional[AddressSource] = None) -> None:
+        self.host = host
+        self.addresses: AddressSource = addresses if addresses is not None else PsutilAddresses()
+
+    def kernel_release(self) -> str:
+        """The running kernel's release (``uname -r``): kernel/sysctl ``osrelease``."""
+        release = self.host.read_line("/proc/sys/kernel/osrelease")
+        if not release:
+            raise LinuxError("cannot read /proc/sys/kernel/osrelease")
+        return release
+
+    def os_info(self) -> OsInfo:
+        """os-release(5) (/etc first, then /usr/lib), then the pre-systemd release files."""
+        kernel = self.kernel_release()
+        for path in ("/etc/os-release", "/usr/lib/os-release"):
+            text = self.host.read_text(path)
+            if text:
+                info = os_info_from_release(parse_os_release(text), kernel)
+                if info is not None:
+                    return self._refine_debian(info)
+        for path in ("/etc/redhat-release", "/etc/centos-release", "/etc/SuSE-release"):
+            text = self.host.read_text(path)
+            if text:
+                info = parse_legacy_release(text, kernel)
+                if info is not None:
+                    return info
+        text = self.host.read_text("/etc/lsb-release")
+        if text:
+            info = parse_lsb_release(text, kernel)
+            if info is not None:
+                return info
+        for path, distro, label in (("/etc/debian_version", "debian", "Debian GNU/Linux"),
+                                    ("/etc/alpine-release", "alpine", "Alpine Linux")):
+            version = self.host.read_line(path)
+            if version:
+                major, minor = split_version(version)
+                return OsInfo(name=f"{label} {version}", distro=distro, major=major, minor=minor,
+                              kernel=kernel)
+        return OsInfo(name="Linux", distro="linux", major=None, minor=None, kernel=kernel)
+
+    def _refine_debian(self, info: OsInfo) -> OsInfo:
+        """Debian's os-release says only ``VERSION_ID="12"``; /etc/debian_version has
+        the point release (``12.5``), which XenServer's own agent reports as minor."""
+        if info.distro != "debian" or info.minor is not None:
+            return info
+        major, minor = split_version(self.host.read_line("/etc/debian_version") or "")
+        if major == info.major and minor is not None:
+            return OsInfo(info.name, info.distro, info.major, minor, info.kernel)
+        return info
+
+    def memory(self) -> Memory:
+        text = self.host.read_text("/proc/meminfo")
+        if text is None:
+            raise LinuxError("cannot read /proc/meminfo")
+        return parse_meminfo(text)
+
+    def interfaces(self) -> Tuple[Interface, ...]:
+        """Every interface in /sys/class/net with its VIF id, stacking and addresses.
+
+        A Xen PV NIC's ``device`` is its xenbus device: ``device/devtype`` is
+        ``vif`` and ``device/nodename`` is ``device/vif/<devid>``
+        (drivers/xen/xenbus/xenbus_probe.c, xen-netfront); the name itself
+        (eth0, ens3, enX0, anything udev chose) means nothing."""
+        table = self.addresses.addresses()
+        names = set(self.host.listdir("/sys/class/net")) | set(table)
+        found: List[Interface] = []
+        for name in sorted(names):
+            base = f"/sys/class/net/{name}"
+            devtype = self.host.read_line(f"{base}/device/devtype")
+            vif = None
+            if devtype in (None, "vif"):
+                vif = vif_from_nodename(self.host.read_line(f"{base}/device/nodename"))
+            mac = self.host.read_line(f"{base}/address")
+            found.append(Interface(name=name, mac=mac.lower() if mac else None, vif=vif,
+                                   addresses=table.get(name, ()), lower=self._lower(base)))
+        return tuple(found)
+
+    def _lower(self, base: str) -> Tuple[str, ...]:
+        """Interfaces this one sits on: ``lower_<dev>`` adjacency links (bridge ports,
+        bond slaves, VLAN parents; net/core/dev.c netdev_adjacent_sysfs_add),
+        plus ``brif/`` and ``bonding/slaves`` for kernels older than those links."""
+        lower = {entry[len("lower_"):] for entry in self.host.listdir(base) if entry.startswith("lower_")}
+        lower.update(self.host.listdir(f"{base}/brif"))
+        slaves = self.host.read_line(f"{base}/bonding/slaves")
+        if slaves:
+            lower.update(slaves.split())
+        return tuple(sorted(lower))
+
+    def capabilities(self) -> Capabilities:
+        """Front-end drivers, from the xen bus and the balloon driver's sysfs device.
+
+        xen-netfront and xen-blkfront register xenbus drivers named ``vif`` and
+        ``vbd`` (/sys/bus/xen/drivers/{vif,vbd}); xen-balloon registers the
+        ``xen_memory`` subsystem (/sys/devices/system/xen_memory/xen_memory0)."""
+        return Capabilities(
+            balloon=self.host.exists("/sys/devices/system/xen_memory/xen_memory0"),
+            hotplug_vif=self.host.exists("/sys/bus/xen/drivers/vif"),
+            hotplug_vbd=self.host.exists("/sys/bus/xen/drivers/vbd"),
+        )
+
+    def host_names(self) -> HostNames:
+        """Host name from kernel/sysctl ``hostname``; DNS domain from resolv.conf,
+        else the part after the first dot of a fully qualified host name."""
+        host_name = self.host.read_line("/proc/sys/kernel/hostname") or None
+        domain = None
+        text = self.host.read_text("/etc/resolv.conf")
+        if text:
+            domain = parse_resolv_domain(text)
+        if domain is None and host_name and "." in host_name:
+            domain = host_name.split(".", 1)[1]
+        return HostNames(host_name=host_name, domain=domain)

@@ -1,0 +1,145 @@
+"""Command-line entry point; the one place that reads the real OS and builds objects.
+
+``xenguest-agent show`` needs no Xen: it prints what would be published.
+``xenguest-agent run`` is the daemon.  Exit codes follow sysexits(3): 69
+(EX_UNAVAILABLE) when XenStore cannot be reached, 78 (EX_CONFIG) for a bad
+configuration, 70 (EX_SOFTWARE) for an unsupported OS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from typing import List, Optional, Sequence
+
+from xenguest_agent import __version__, schema
+from xenguest_agent.agent import UPDATED_VALUE, Agent
+from xenguest_agent.backends import UnsupportedOS, select_backend
+from xenguest_agent.backends.addresses import CapturedAddresses
+from xenguest_agent.backends.base import Backend
+from xenguest_agent.config import (FREEBSD_CONFIG_PATH, LINUX_CONFIG_PATH, LOG_LEVELS, Config,
+                                   ConfigError, load_config)
+from xenguest_agent.host import Host
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xenguest-agent",
+        description="Xen guest agent: publishes guest facts to XenStore for XenServer/XCP-ng.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--root", default="/", metavar="DIR",
+                         help="read /proc, /sys, /etc... under DIR (a captured fixture tree)")
+        sub.add_argument("--config", metavar="FILE",
+                         help=f"YAML config (default {LINUX_CONFIG_PATH}; FreeBSD {FREEBSD_CONFIG_PATH})")
+        sub.add_argument("--os", choices=("auto", "linux", "freebsd"), default="auto",
+                         help="backend to use (default: the running OS)")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, help="override the configured log level")
+
+    show = commands.add_parser("show", help="print the keys and values that would be published")
+    common(show)
+    show.add_argument("--format", choices=("text", "json"), default="text")
+
+    run = commands.add_parser("run", help="run the agent (publish to XenStore)")
+    common(run)
+    run.add_argument("--xenstore", metavar="SPEC",
+                     help="device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
+                          "or unix:/path/to/xenstored/socket")
+    run.add_argument("--once", action="store_true", help="publish one full round and exit")
+    return parser
+
+
+def _os_name(choice: str) -> str:
+    return platform.system().lower() if choice == "auto" else choice
+
+
+def _config(args: argparse.Namespace, os_name: str) -> Config:
+    default = FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH
+    config = load_config(args.config or default, required=bool(args.config))
+    return config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _backend(args: argparse.Namespace, os_name: str) -> Backend:
+    host = Host(args.root)
+    addresses = None if host.is_live else CapturedAddresses(host)
+    return select_backend(os_name, host, addresses)
+
+
+def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
+    values = agent.render(agent.collect())
+    values[schema.UPDATED_KEY] = UPDATED_VALUE
+    ordered = dict(sorted(values.items()))
+    if args.format == "json":
+        json.dump(ordered, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        width = max((len(k) for k in ordered), default=0)
+        for path, value in ordered.items():
+            sys.stdout.write(f"{path:<{width}} = {value}\n")
+    if args.root == "/" and not xenstore.startswith("unix:") and not os.path.exists(xenstore):
+        sys.stderr.write(
+            f"note: no XenStore device at {xenstore}: this machine is not a Xen guest (or the "
+            "xenbus device is missing), so `xenguest-agent run` cannot publish these keys here.\n")
+    return EX_OK
+
+
+def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str) -> int:
+    from xenguest_agent.daemon import Daemon
+    from xenguest_agent.publisher import Publisher
+    from xenguest_agent.xenstore import XenStore, XenStoreError
+
+    try:
+        store = XenStore(spec)
+    except ValueError as exc:
+        sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
+        return EX_CONFIG
+    daemon = Daemon(agent, store, Publisher(store), config)
+    try:
+        store.connect()
+        if not args.once:
+            daemon.install_signal_handlers()
+        return daemon.run(once=args.once)
+    except XenStoreError as exc:
+        sys.stderr.write(f"xenguest-agent: XenStore unavailable ({spec}): {exc}\n")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    os_name = _os_name(args.os)
+    try:
+        config = _config(args, os_name)
+    except ConfigError as exc:
+        sys.stderr.write(f"xenguest-agent: bad configuration: {exc}\n")
+        return EX_CONFIG
+    _setup_logging(args.log_level or config.log_level)
+    try:
+        backend = _backend(args, os_name)
+    except UnsupportedOS as exc:
+        sys.stderr.write(f"xenguest-agent: {exc}\n")
+        return EX_SOFTWARE
+    agent = Agent(backend, config)
+    spec = getattr(args, "xenstore", None) or config.xenstore or backend.default_xenstore
+    if args.command == "show":
+        return _show(args, agent, spec)
+    return _run(args, agent, config, spec)

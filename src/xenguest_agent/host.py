@@ -1,0 +1,114 @@
+"""The guest as the collectors see it: files under a root, commands through one runner.
+
+Every file a collector reads goes through :class:`Host`, so the same code runs on
+the live system (root ``/``) and on a captured fixture tree (``--root DIR``), the
+way node_exporter's ``--path.procfs``/``--path.sysfs`` flags let its tests point
+real collectors at ``fixtures/``.  Every external command goes through one
+:class:`Runner` with a timeout, so FreeBSD's ``sysctl`` output can be replayed on
+Linux from fixtures and nothing can hang the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND_TIMEOUT = 5.0
+
+
+class CommandError(Exception):
+    """A command could not be run, timed out or exited non-zero."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command printed."""
+
+    argv: Tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    """Runs one command (a fixed argv, never a shell) and returns its output."""
+
+    def __call__(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        ...
+
+
+class SubprocessRunner:
+    """The live runner: ``subprocess.run`` with a timeout, no shell, C locale."""
+
+    def __call__(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        try:
+            done = subprocess.run(
+                list(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=timeout, env=env, check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise CommandError(f"{argv[0]}: {exc}") from exc
+        result = CommandResult(
+            tuple(argv), done.returncode,
+            done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"),
+        )
+        log.debug("ran %s -> %d", " ".join(argv), done.returncode)
+        return result
+
+
+class Host:
+    """File access under an injectable root plus the one command runner.
+
+    Paths given to the methods are absolute guest paths (``/proc/meminfo``);
+    they are resolved under ``root``.  Reading never raises for a missing or
+    unreadable file: "no data" is not an error (the caller decides).
+    """
+
+    def __init__(self, root: str = "/", run: Optional[Runner] = None) -> None:
+        self.root = os.path.abspath(root)
+        self.run: Runner = run if run is not None else SubprocessRunner()
+
+    @property
+    def is_live(self) -> bool:
+        """True when reading the running system rather than a captured tree."""
+        return self.root == "/"
+
+    def path(self, guest_path: str) -> str:
+        """Resolve a guest path under the root."""
+        if not guest_path.startswith("/"):
+            raise ValueError(f"guest path must be absolute: {guest_path!r}")
+        if self.root == "/":
+            return guest_path
+        return os.path.join(self.root, guest_path.lstrip("/"))
+
+    def read_text(self, guest_path: str, limit: int = 1 << 20) -> Optional[str]:
+        """The file's text (at most ``limit`` bytes), or None if it cannot be read."""
+        try:
+            with open(self.path(guest_path), "rb") as handle:
+                data = handle.read(limit)
+        except OSError:
+            return None
+        return data.decode("utf-8", "replace")
+
+    def read_line(self, guest_path: str) -> Optional[str]:
+        """The first line of a file, stripped (sysfs attributes), or None."""
+        text = self.read_text(guest_path, limit=4096)
+        if text is None:
+            return None
+        return text.split("\n", 1)[0].strip()
+
+    def exists(self, guest_path: str) -> bool:
+        return os.path.exists(self.path(guest_path))
+
+    def listdir(self, guest_path: str) -> Tuple[str, ...]:
+        """Sorted directory entries, or () if the directory is missing."""
+        try:
+            return tuple(sorted(os.listdir(self.path(guest_path))))
+        except OSError:
+            return ()

@@ -1,0 +1,319 @@
+"""The one adapter between the agent and XenStore, built on pyxs 0.4.1.
+
+pyxs provides the wire format (``Packet``, ``Op``), the two transports (a
+xenstored unix socket, the guest's xenbus device) and the router thread that
+matches replies to requests.  Its ``Client``/``Monitor`` layer has defects the
+agent must not inherit, each handled here on purpose (and each proven by a test
+against the real xenstored, tests/test_xenstore_real.py):
+
+* No default device guessing: the device path is given explicitly (the backend's
+  per-OS default or the ``xenstore`` setting).  pyxs would pick
+  ``/dev/xen/xenbus`` on FreeBSD, where the device is ``/dev/xen/xenstore``.
+* No request timeout in pyxs: a reply that never comes (xenstored gone, router
+  thread dead) blocks ``RVar.get()`` forever.  Here every request waits at most
+  ``timeout`` seconds and notices a dead router at once.
+* A dead router cannot be restarted ("threads can only be started once"), so
+  :meth:`XenStore.connect` always builds a fresh router and connection.
+* ``Client.write`` refuses an empty value (its 7-bit check needs one byte or
+  more), but acknowledging ``control/shutdown`` means writing ``""``: values
+  are framed here directly as ``path NUL value`` (xs_wire.h, XS_WRITE).
+* ``Client.monitor()`` refuses a xenbus device, and ``Monitor.wait()`` spins at
+  100% CPU forever on an event for a path it does not watch (``dirname('/')`` is
+  ``'/'``).  Watches here use a second connection of their own (which works over
+  the Linux xenbus device) and deliver every event, unfiltered, to a callback;
+  handlers re-read the key, because events may be spurious (docs/misc/xenstore.txt).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import Callable, List, Optional, Tuple
+
+from pyxs._internal import NUL, Op, Packet, next_rq_id
+from pyxs.client import Router
+from pyxs.connection import UnixSocketConnection, XenBusConnection
+from pyxs.exceptions import PyXSError
+from pyxs.helpers import error as pyxs_error
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 5.0
+
+EventCallback = Callable[[str, str], None]
+
+
+class XenStoreError(Exception):
+    """xenstored refused a request; ``errno`` says why (EACCES, ENOSPC, EAGAIN...)."""
+
+    def __init__(self, code: int, message: str, path: Optional[str] = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.errno = code
+        self.path = path
+
+
+class XenStoreUnavailable(XenStoreError):
+    """No usable connection: not connected, the connection broke, or a reply timed out."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOTCONN, message)
+
+
+def parse_spec(spec: str) -> Tuple[str, str]:
+    """``unix:/run/xenstored/socket`` -> ("unix", path); anything else is a device path."""
+    if spec.startswith("unix:"):
+        path = spec[len("unix:"):]
+        if not path:
+            raise ValueError("unix: needs a socket path, e.g. unix:/run/xenstored/socket")
+        return "unix", path
+    if not spec.startswith("/"):
+        raise ValueError(f"XenStore spec must be a device path or unix:/path, not {spec!r}")
+    return "device", spec
+
+
+class _Router(Router):
+    """pyxs's router, but a broken connection ends the thread with a log line
+    (the reason is kept for the error message) instead of a thread traceback."""
+
+    failure: Optional[str] = None
+
+    def __call__(self) -> None:
+        try:
+            super().__call__()
+        except Exception as exc:  # the thread must end quietly; callers see is_alive() False
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.debug("xenstore router for %s stopped: %s", self.connection.path, self.failure)
+
+
+class _Sink:
+    """What pyxs's router puts watch events into (it calls ``.events.put``)."""
+
+    def __init__(self, callback: EventCallback) -> None:
+        self.events = self
+        self._callback = callback
+
+    def put(self, event) -> None:  # called on the router thread
+        path, token = event
+        self._callback(path.decode("ascii", "replace"), token.decode("ascii", "replace"))
+
+
+class Transaction:
+    """An open XenStore transaction; reads and writes see one consistent snapshot."""
+
+    def __init__(self, store: "XenStore", tx_id: int) -> None:
+        self.store = store
+        self.tx_id = tx_id
+
+    def read(self, path: str) -> Optional[str]:
+        return self.store.read(path, self.tx_id)
+
+    def write(self, path: str, value: str) -> None:
+        self.store.write(path, value, self.tx_id)
+
+    def rm(self, path: str) -> None:
+        self.store.rm(path, self.tx_id)
+
+    def ls(self, path: str) -> Optional[List[str]]:
+        return self.store.ls(path, self.tx_id)
+
+    def commit(self) -> bool:
+        """True when committed; False when xenstored says EAGAIN (a conflicting
+        change, or a suspend/resume in between): the caller redoes the work."""
+        try:
+            self.store._request(Op.TRANSACTION_END, b"T" + NUL, self.tx_id)
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            if exc.errno == errno.EAGAIN:
+                return False
+            raise
+        return True
+
+    def abort(self) -> None:
+        try:
+            self.store._request(Op.TRANSACTION_END, b"F" + NUL, self.tx_id)
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:  # already gone (e.g. ended by a resume): nothing to undo
+            log.debug("transaction %d abort: %s", self.tx_id, exc)
+
+
+class XenStore:
+    """A XenStore connection with timeouts, reconnects, empty values and watches.
+
+    Paths are str, relative to the domain's home unless they start with ``/``.
+    Not thread-safe for requests: the agent issues them from one thread (watch
+    events arrive on the watch router's thread, through the callback)."""
+
+    def __init__(self, spec: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.kind, self.path = parse_spec(spec)
+        self.spec = spec
+        self.timeout = timeout
+        self._router: Optional[_Router] = None
+        self._watch_router: Optional[_Router] = None
+        self._callback: Optional[EventCallback] = None
+
+    def __repr__(self) -> str:
+        return f"XenStore({self.spec!r})"
+
+    # --- connection ----------------------------------------------------------------------
+
+    def _new_router(self) -> _Router:
+        if self.kind == "device" and not os.path.exists(self.path):
+            raise XenStoreUnavailable(
+                f"XenStore device {self.path} does not exist: this is not a Xen guest, "
+                "or the xenbus device is missing (Linux: xenfs/xen drivers; FreeBSD: xenstore)")
+        connection = (UnixSocketConnection(self.path) if self.kind == "unix"
+                      else XenBusConnection(self.path))
+        router = _Router(connection)
+        try:
+            router.start()
+        except (PyXSError, OSError) as exc:
+            raise XenStoreUnavailable(f"cannot connect to XenStore at {self.path}: {exc}") from None
+        return router
+
+    def connect(self) -> None:
+        """(Re)connect with a fresh router: pyxs routers cannot be restarted."""
+        self.close()
+        self._router = self._new_router()
+        log.debug("connected to XenStore at %s", self.path)
+
+    def close(self) -> None:
+        for router in (self._router, self._watch_router):
+            if router is not None:
+                try:
+                    router.terminate()
+                except (PyXSError, OSError) as exc:
+                    log.debug("closing xenstore router: %s", exc)
+        self._router = self._watch_router = None
+
+    @property
+    def connected(self) -> bool:
+        return self._router is not None and self._router.thread.is_alive()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _request(self, op: int, payload: bytes, tx_id: int = 0, router: Optional[_Router] = None,
+                 path: Optional[str] = None) -> bytes:
+        router = router or self._router
+        if router is None:
+            raise XenStoreUnavailable(f"not connected to XenStore at {self.path}")
+        packet = Packet(op, payload, next_rq_id(), tx_id)
+        try:
+            rvar = router.send(packet)
+        except (PyXSError, OSError) as exc:
+            raise XenStoreUnavailable(f"XenStore connection {self.path} broke: {exc}") from None
+        deadline = time.monotonic() + self.timeout
+        with rvar.condition:
+            while rvar.target is None:
+                if not router.thread.is_alive():
+                    reason = router.failure or "connection closed"
+                    raise XenStoreUnavailable(f"XenStore connection {self.path} lost: {reason}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    router.rvars.pop(packet.rq_id, None)
+                    raise XenStoreUnavailable(
+                        f"XenStore at {self.path} did not answer within {self.timeout:g}s")
+                rvar.condition.wait(min(remaining, 0.05))
+        reply = rvar.target
+        if reply.op == Op.ERROR:
+            exc = pyxs_error(reply.payload.rstrip(NUL))
+            code, message = exc.args[0], reply.payload.rstrip(NUL).decode("ascii", "replace")
+            raise XenStoreError(code, message, path)
+        if reply.op != op:
+            raise XenStoreUnavailable(f"XenStore at {self.path} answered op {reply.op} to op {op}")
+        return reply.payload
+
+    @staticmethod
+    def _encode(path: str) -> bytes:
+        return path.encode("ascii")
+
+    def read(self, path: str, tx_id: int = 0) -> Optional[str]:
+        """The value, or None if the node does not exist."""
+        try:
+            payload = self._request(Op.READ, self._encode(path) + NUL, tx_id, path=path)
+        except XenStoreError as exc:
+            if exc.errno == errno.ENOENT and not isinstance(exc, XenStoreUnavailable):
+                return None
+            raise
+        return payload.decode("ascii", "replace")
+
+    def write(self, path: str, value: str, tx_id: int = 0) -> None:
+        """Write ``value`` (may be empty), creating missing parents."""
+        log.debug("xenstore write%s %s = %r", f" (tx {tx_id})" if tx_id else "", path, value)
+        self._request(Op.WRITE, self._encode(path) + NUL + value.encode("ascii"), tx_id, path=path)
+
+    def rm(self, path: str, tx_id: int = 0) -> None:
+        """Remove a node and its children; a node that is already gone is fine."""
+        log.debug("xenstore rm%s %s", f" (tx {tx_id})" if tx_id else "", path)
+        try:
+            self._request(Op.RM, self._encode(path) + NUL, tx_id, path=path)
+        except XenStoreError as exc:
+            if exc.errno != errno.ENOENT or isinstance(exc, XenStoreUnavailable):
+                raise
+
+    def ls(self, path: str, tx_id: int = 0) -> Optional[List[str]]:
+        """Child names, or None if the node does not exist."""
+        try:
+            payload = self._request(Op.DIRECTORY, self._encode(path) + NUL, tx_id, path=path)
+        except XenStoreError as exc:
+            if exc.errno == errno.ENOENT and not isinstance(exc, XenStoreUnavailable):
+                return None
+            raise
+        payload = payload.rstrip(NUL)
+        return [name.decode("ascii", "replace") for name in payload.split(NUL)] if payload else []
+
+    def get_domain_path(self, domid: int) -> str:
+        return self._request(Op.GET_DOMAIN_PATH, str(domid).encode() + NUL).rstrip(NUL).decode()
+
+    # --- transactions --------------------------------------------------------------------
+
+    def begin(self) -> Transaction:
+        payload = self._request(Op.TRANSACTION_START, NUL)
+        return Transaction(self, int(payload.rstrip(NUL)))
+
+    def transact(self, work: Callable[[Transaction], object], attempts: int = 8) -> object:
+        """Run ``work`` in a transaction, redoing it while commit says EAGAIN."""
+        for attempt in range(attempts):
+            tx = self.begin()
+            try:
+                result = work(tx)
+            except XenStoreUnavailable:
+                raise
+            except BaseException:
+                tx.abort()
+                raise
+            if tx.commit():
+                return result
+            log.debug("transaction conflict (EAGAIN), attempt %d of %d", attempt + 1, attempts)
+            time.sleep(min(0.01 * 2 ** attempt, 0.5))
+        raise XenStoreError(errno.EAGAIN, f"transaction kept conflicting after {attempts} attempts")
+
+    # --- watches -------------------------------------------------------------------------
+
+    def on_event(self, callback: EventCallback) -> None:
+        """Where watch events go: ``callback(path, token)``, on the watch thread."""
+        self._callback = callback
+
+    def watch(self, path: str, token: str) -> None:
+        """Watch ``path`` (and its subtree) on the dedicated watch connection.
+
+        xenstored fires every new watch once at once, so the handler runs for the
+        current value too (docs/misc/xenstore.txt, WATCH)."""
+        if self._callback is None:
+            raise RuntimeError("on_event() must be set before watch()")
+        if self._watch_router is None or not self._watch_router.thread.is_alive():
+            self._watch_router = self._new_router()
+        router = self._watch_router
+        if not router.monitors.get(token.encode("ascii")):
+            router.subscribe(token.encode("ascii"), _Sink(self._callback))
+        self._request(Op.WATCH, self._encode(path) + NUL + token.encode("ascii") + NUL,
+                      router=router, path=path)
+
+    @property
+    def watching(self) -> bool:
+        """False once the watch connection broke (watches must be set up again)."""
+        return self._watch_router is not None and self._watch_router.thread.is_alive()
