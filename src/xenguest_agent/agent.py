@@ -163,5 +163,5 @@ class Agent:
         facts = self.collect()
         desired = self.render(facts, self._mac_directory(store, facts))
         self._apply_memory_hysteresis(facts, desired)
-        return publisher.publish(desired, marker=(schema.UPDATED_KEY, UPDATED_VALUE),
-                                 quiet=schema.MEMORY_KEYS)
+        markers = {schema.UPDATED_KEY: UPDATED_VALUE, schema.NUDGE_KEY: desired[schema.NUDGE_KEY]}
+        return publisher.publish(desired, markers=markers, quiet=schema.MEMORY_KEYS)

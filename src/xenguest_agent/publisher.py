@@ -112,12 +112,12 @@ class Publisher:
             log.warning("xenstored refused to %s %s: %s (logged once per key and error)",
                         action, path, exc)
 
-    def publish(self, desired: Mapping[str, str], marker: Optional[Tuple[str, str]] = None,
+    def publish(self, desired: Mapping[str, str], markers: Mapping[str, str] = {},
                 quiet: Iterable[str] = ()) -> PublishResult:
         """Make the owned keys equal ``desired`` in one transaction.
 
-        ``marker`` (``data/updated``) is written, even when unchanged, after a
-        full publish and whenever a key outside ``quiet`` (memory) changed."""
+        ``markers`` (``data/updated``...) are written, even when unchanged, after
+        a full publish and whenever a key outside ``quiet`` (memory) changed."""
         quiet = frozenset(quiet)
 
         def work(tx: Transaction) -> Tuple[PublishResult, Dict[str, str]]:
@@ -125,7 +125,7 @@ class Publisher:
             current = self._read_owned(tx) if full else dict(self._published)
             result = PublishResult()
             state = dict(current)
-            keep = desired if marker is None else {**desired, marker[0]: marker[1]}
+            keep = {**desired, **markers}
             for path in _stale_roots([k for k in current if k not in keep], keep):
                 try:
                     tx.rm(path)
@@ -141,8 +141,8 @@ class Publisher:
                     del state[key]
             pending = {p: v for p, v in desired.items()
                        if current.get(p) != v and self._refused_values.get(p) != v}
-            if marker is not None and (full or any(p not in quiet for p in (*pending, *result.removed))):
-                pending[marker[0]] = marker[1]
+            if full or any(p not in quiet for p in (*pending, *result.removed)):
+                pending.update(markers)
             for path, value in sorted(pending.items()):
                 try:
                     tx.write(path, value)

@@ -60,7 +60,16 @@ OWNED_KEYS = (
 #: Keys whose change alone is "only memory moved": it does not bump data/updated.
 MEMORY_KEYS = frozenset({"data/meminfo_total", "data/meminfo_free"})
 
+#: Marks the end of a batch: squeezed takes its existence as "a guest agent
+#: runs" (squeeze_xen.ml, get_guest_agent); xenopsd before 2025 watched it to
+#: re-read the guest's data/ (xenops_server_xen.ml, interesting_paths_for_domain).
 UPDATED_KEY = "data/updated"
+
+#: xenopsd since 2025 no longer watches data/updated but still watches attr/,
+#: and re-reads data/ whenever a watched path fires.  Rewriting this key
+#: (same value) with a batch that changed data/ makes the change reach xapi
+#: on those hosts too; xenstored fires watches on every write, changed or not.
+NUDGE_KEY = "attr/PVAddons/Installed"
 
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
@@ -127,8 +136,9 @@ def render(facts: Facts, network: Optional[NetworkView], previous_slots: Mapping
         values["data/os_distro"] = os.distro
         if os.major is not None:
             values["data/os_majorver"] = os.major
-        if os.minor is not None:
-            values["data/os_minorver"] = os.minor
+        if os.minor is not None or os.major is not None:
+            # "12" has no minor: XenServer's agent reports 0 for RH-style releases
+            values["data/os_minorver"] = os.minor if os.minor is not None else "0"
         values["data/os_uname"] = os.kernel
     if facts.memory is not None:
         values["data/meminfo_total"] = str(facts.memory.total_kib)

@@ -71,9 +71,17 @@ def split_version(version: str) -> Tuple[Optional[str], Optional[str]]:
     return match.group(1), match.group(2)
 
 
+#: os-release IDs whose XenServer name differs.  XenServer's own agent
+#: (xe-guest-utilities mk/xe-linux-distribution) reports Oracle Linux as
+#: ``oracle`` and SUSE as ``sles``; XenCenter's list of Linux distros
+#: (xenadmin VM.cs, linuxDistros) uses those names.
+DISTRO_ALIASES = {"ol": "oracle", "sled": "sles", "sles_sap": "sles"}
+
+
 def os_info_from_release(fields: Dict[str, str], kernel: str) -> Optional[OsInfo]:
     """OsInfo from os-release fields, or None if they do not even name the OS."""
     distro = fields.get("ID", "").strip().lower()
+    distro = DISTRO_ALIASES.get(distro, distro)
     name = fields.get("PRETTY_NAME") or " ".join(
         part for part in (fields.get("NAME"), fields.get("VERSION")) if part)
     if not distro and not name:

@@ -56,7 +56,7 @@ _LEGACY_RELEASE = re.compile(
 
 _LEGACY_IDS = (
     ("red hat enterprise linux", "rhel"), ("centos", "centos"), ("fedora", "fedora"),
-    ("rocky", "rocky"), ("almalinux", "almalinux"), ("oracle", "ol"),
+    ("rocky", "rocky"), ("almalinux", "almalinux"), ("oracle", "oracle"),
     ("scientific", "scientific"), ("suse linux enterprise", "sles"), ("opensuse", "opensuse"),
 )
 
