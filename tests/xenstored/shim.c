@@ -1,0 +1,499 @@
+/*
+ * LD_PRELOAD shim that lets Debian's unmodified C xenstored (xen-utils-4.17,
+ * /usr/lib/xen-4.17/bin/xenstored) run as an ordinary process on a machine
+ * without a Xen hypervisor, so the test suite talks to the real daemon over
+ * its unix socket instead of a mock.
+ *
+ * Why it is needed: at start-up xenstored opens libxenctrl, libxengnttab and
+ * libxenevtchn handles (all of which need /dev/xen/... and a hypervisor) and
+ * introduces dom0 by reading its event channel port from /proc/xen/xsd_port
+ * and mmap()ing its ring page from /proc/xen/xsd_kva. With -D it skips dom0,
+ * but then its node store is never set up (that happens when dom0 is
+ * introduced) and the first request crashes it. So instead of skipping the
+ * dom0 set-up we make it succeed:
+ *
+ *   - the two /proc/xen files are redirected to scratch files in
+ *     $XENSTORED_SHIM_DIR (created here on first use);
+ *   - libxenctrl, libxengnttab and libxenevtchn calls that 4.17's xenstored
+ *     imports (checked with `nm -D --undefined-only`) get dummy handles;
+ *   - the event channel handle owns a real pipe, because xenstored poll()s
+ *     the fd returned by xenevtchn_fd() in its main loop.
+ *
+ * Nothing ever writes to the dom0 ring page (no kernel is on the other side),
+ * so dom0's ring stays idle; clients use the unix socket ($XENSTORED_PATH).
+ *
+ * Environment:
+ *   XENSTORED_SHIM_DIR      directory for xsd_port/xsd_kva (required)
+ *   XENSTORED_SHIM_DOMAINS  comma-separated domids that "exist" besides 0
+ *                           (xc_domain_getinfo reports them; xenstored only
+ *                           honours permissions naming existing domains)
+ *   XENSTORED_SHIM_DEBUG    non-empty: log every stubbed call to stderr
+ *
+ * Later extension (issue 3, not built here): a guest domain N whose ring is a
+ * shared file and whose event channel is a pipe or socketpair. The places it
+ * plugs in are marked "EXTENSION": xengnttab_map_grant_ref() maps the
+ * domain's ring file, xenevtchn_notify() signals the guest side of an
+ * interdomain binding, and the guest side makes the handle's pipe readable
+ * (through evtchn_raise()) so xenstored's poll loop wakes up and reads the
+ * ring.
+ *
+ * Build: gcc -shared -fPIC -O2 -Wall -o shim.so shim.c -ldl
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SHIM "xenstored-shim"
+
+/* ------------------------------------------------------------------------
+ * Logging and configuration
+ * ------------------------------------------------------------------------ */
+
+static int shim_debug(void)
+{
+    const char *v = getenv("XENSTORED_SHIM_DEBUG");
+    return v && *v;
+}
+
+#define LOG(...)                                                           \
+    do {                                                                   \
+        if (shim_debug()) {                                                \
+            fprintf(stderr, SHIM ": " __VA_ARGS__);                        \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+/* ------------------------------------------------------------------------
+ * /proc/xen redirection
+ *
+ * xenstored's posix.c reads dom0's event channel port from
+ * /proc/xen/xsd_port and mmap()s dom0's ring page from /proc/xen/xsd_kva,
+ * both with open(2). The dom0 kernel would provide them; here they are
+ * scratch files: xsd_port holds DOM0_REMOTE_PORT, xsd_kva is one zeroed page
+ * (a shorter file would SIGBUS on access through the mapping).
+ * ------------------------------------------------------------------------ */
+
+#define PROC_XEN "/proc/xen/"
+#define DOM0_REMOTE_PORT 1
+
+typedef int (*open_fn)(const char *, int, ...);
+
+static int real_open(const char *path, int flags, mode_t mode)
+{
+    static open_fn next;
+
+    if (!next)
+        next = (open_fn)dlsym(RTLD_NEXT, "open");
+    return next(path, flags, mode);
+}
+
+/* Create the scratch file for /proc/xen/<name> if missing; 0 or -1. */
+static int prepare_scratch(const char *name, const char *scratch)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    struct stat st;
+    int fd, rc = 0;
+
+    fd = real_open(scratch, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) < 0) {
+        rc = -1;
+    } else if (!strcmp(name, "xsd_port") && st.st_size == 0) {
+        char buf[16];
+        int n = snprintf(buf, sizeof(buf), "%d\n", DOM0_REMOTE_PORT);
+        if (write(fd, buf, n) != n)
+            rc = -1;
+    } else if (!strcmp(name, "xsd_kva") && st.st_size < page) {
+        if (ftruncate(fd, page) < 0)
+            rc = -1;
+    }
+    close(fd);
+    return rc;
+}
+
+/*
+ * Map "/proc/xen/xsd_port" and "/proc/xen/xsd_kva" to files in
+ * $XENSTORED_SHIM_DIR. Returns the path to open: the original one when it is
+ * not redirected, else buf (or NULL with errno set on failure).
+ */
+static const char *redirect(const char *path, char *buf, size_t len)
+{
+    const char *name, *dir;
+
+    if (!path || strncmp(path, PROC_XEN, strlen(PROC_XEN)))
+        return path;
+    name = path + strlen(PROC_XEN);
+    if (strcmp(name, "xsd_port") && strcmp(name, "xsd_kva"))
+        return path;
+
+    dir = getenv("XENSTORED_SHIM_DIR");
+    if (!dir || !*dir) {
+        fprintf(stderr, SHIM ": XENSTORED_SHIM_DIR is not set, cannot "
+                "redirect %s\n", path);
+        errno = ENOENT;
+        return NULL;
+    }
+    if ((size_t)snprintf(buf, len, "%s/%s", dir, name) >= len) {
+        errno = ENAMETOOLONG;
+        return NULL;
+    }
+    if (prepare_scratch(name, buf) < 0) {
+        fprintf(stderr, SHIM ": cannot prepare %s: %s\n", buf,
+                strerror(errno));
+        return NULL;
+    }
+    LOG("open %s -> %s", path, buf);
+    return buf;
+}
+
+static int open_redirected(const char *path, int flags, va_list ap)
+{
+    char buf[4096];
+    mode_t mode = 0;
+
+    if (flags & (O_CREAT | O_TMPFILE))
+        mode = va_arg(ap, mode_t);
+    path = redirect(path, buf, sizeof(buf));
+    if (!path)
+        return -1;
+    return real_open(path, flags, mode);
+}
+
+int open(const char *path, int flags, ...)
+{
+    va_list ap;
+    int fd;
+
+    va_start(ap, flags);
+    fd = open_redirected(path, flags, ap);
+    va_end(ap);
+    return fd;
+}
+
+/* glibc may resolve open() of an LFS build to open64(); same thing on 64-bit. */
+int open64(const char *path, int flags, ...)
+{
+    va_list ap;
+    int fd;
+
+    va_start(ap, flags);
+    fd = open_redirected(path, flags, ap);
+    va_end(ap);
+    return fd;
+}
+
+/* ------------------------------------------------------------------------
+ * Domains
+ *
+ * xenstored asks libxenctrl whether a domain exists (xc_domain_getinfo) when
+ * it checks for dead domains (after VIRQ_DOM_EXC) and when permissions name a
+ * domain: permissions for a domain that does not exist are ignored. Dom0
+ * always exists; $XENSTORED_SHIM_DOMAINS adds more. No domain ever dies or
+ * shuts down here.
+ * ------------------------------------------------------------------------ */
+
+#define MAX_DOMAINS 64
+
+static uint32_t domains[MAX_DOMAINS];
+static unsigned int nr_domains;
+
+static void load_domains(void)
+{
+    const char *env = getenv("XENSTORED_SHIM_DOMAINS");
+    char *copy, *tok, *save = NULL;
+
+    if (nr_domains)
+        return;
+    domains[nr_domains++] = 0;
+    if (!env || !(copy = strdup(env)))
+        return;
+    for (tok = strtok_r(copy, ", ", &save); tok && nr_domains < MAX_DOMAINS;
+         tok = strtok_r(NULL, ", ", &save)) {
+        char *end;
+        unsigned long id = strtoul(tok, &end, 10);
+        if (*end || id == 0 || id >= 0x7ff0) {
+            fprintf(stderr, SHIM ": ignoring bad domid '%s'\n", tok);
+            continue;
+        }
+        domains[nr_domains++] = (uint32_t)id;
+    }
+    free(copy);
+}
+
+/* ------------------------------------------------------------------------
+ * libxenctrl
+ *
+ * xenstored opens an xc_interface once (domain_init) and uses it only for
+ * xc_domain_getinfo. The handle is never dereferenced by the caller.
+ * ------------------------------------------------------------------------ */
+
+typedef struct xc_interface_core xc_interface;
+static struct { int unused; } dummy_xc;
+
+xc_interface *xc_interface_open(void *logger, void *dombuild_logger,
+                                unsigned int flags)
+{
+    (void)logger; (void)dombuild_logger; (void)flags;
+    load_domains();
+    LOG("xc_interface_open");
+    return (xc_interface *)&dummy_xc;
+}
+
+int xc_interface_close(xc_interface *xch)
+{
+    (void)xch;
+    return 0;
+}
+
+/*
+ * The leading fields of xenctrl.h's xc_dominfo_t in 4.17, the only ones
+ * xenstored reads (domid and the dying/crashed/shutdown bits). We write only
+ * this prefix: the rest of the caller's struct stays as it was.
+ */
+struct dominfo_prefix {
+    uint32_t domid;
+    uint32_t ssidref;
+    unsigned int dying:1, crashed:1, shutdown:1,
+                 paused:1, blocked:1, running:1,
+                 hvm:1, debugged:1, xenstore:1, hap:1;
+};
+
+/*
+ * Like the real call: fill info for the first existing domain whose id is
+ * >= first_domid and return how many were filled. Because only the prefix
+ * of the real record is known, at most one record is returned (xenstored
+ * always asks for exactly one and then checks info->domid itself).
+ */
+int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid,
+                      unsigned int max_doms, void *info)
+{
+    struct dominfo_prefix *out = info;
+    uint32_t best = UINT32_MAX;
+    unsigned int i;
+
+    (void)xch;
+    load_domains();
+    if (!max_doms)
+        return 0;
+    for (i = 0; i < nr_domains; i++)
+        if (domains[i] >= first_domid && domains[i] < best)
+            best = domains[i];
+    LOG("xc_domain_getinfo(%u) -> %d", first_domid,
+        best == UINT32_MAX ? -1 : (int)best);
+    if (best == UINT32_MAX)
+        return 0;
+    memset(out, 0, sizeof(*out));
+    out->domid = best;
+    out->running = 1;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------
+ * libxengnttab
+ *
+ * xenstored maps each guest's ring page with
+ * xengnttab_map_grant_ref(domid, GNTTAB_RESERVED_XENSTORE). Dom0's ring comes
+ * from /proc/xen/xsd_kva instead, so standalone (dom0 and unix socket
+ * clients only) no grant is ever mapped and XS_INTRODUCE of a guest fails.
+ * ------------------------------------------------------------------------ */
+
+typedef struct xengnttab_handle xengnttab_handle;
+static struct { int unused; } dummy_gnttab;
+
+xengnttab_handle *xengnttab_open(void *logger, unsigned int flags)
+{
+    (void)logger; (void)flags;
+    LOG("xengnttab_open");
+    return (xengnttab_handle *)&dummy_gnttab;
+}
+
+int xengnttab_close(xengnttab_handle *xgt)
+{
+    (void)xgt;
+    return 0;
+}
+
+int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t count)
+{
+    (void)xgt; (void)count;
+    return 0;
+}
+
+void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid,
+                              uint32_t ref, int prot)
+{
+    (void)xgt; (void)prot;
+    /* EXTENSION: mmap the ring file of domain `domid` (MAP_SHARED). */
+    LOG("xengnttab_map_grant_ref(dom %u, ref %u): not supported", domid, ref);
+    errno = ENOSYS;
+    return NULL;
+}
+
+int xengnttab_unmap(xengnttab_handle *xgt, void *start, uint32_t count)
+{
+    (void)xgt; (void)start; (void)count;
+    /* EXTENSION: munmap the ring mapped by xengnttab_map_grant_ref. */
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * libxenevtchn
+ *
+ * xenstored binds dom0's port (from xsd_port) and VIRQ_DOM_EXC, notifies
+ * ports after reading or writing a ring, and poll()s xenevtchn_fd() in its
+ * main loop; when it is readable it calls xenevtchn_pending() then
+ * xenevtchn_unmask(). Each handle owns a non-blocking pipe: a pending event
+ * is a port number written to it (evtchn_raise). Standalone nothing raises
+ * events, so the fd never becomes readable.
+ * ------------------------------------------------------------------------ */
+
+typedef uint32_t evtchn_port_t;
+
+#define MAX_PORTS 256
+
+enum binding_kind { UNBOUND = 0, INTERDOMAIN, VIRQ };
+
+struct binding {
+    enum binding_kind kind;
+    uint32_t domid;          /* INTERDOMAIN: the remote domain */
+    evtchn_port_t remote;    /* INTERDOMAIN: the remote port */
+    unsigned int virq;       /* VIRQ */
+};
+
+typedef struct xenevtchn_handle {
+    int rfd, wfd;            /* pending ports, as evtchn_port_t each */
+    struct binding ports[MAX_PORTS];  /* indexed by local port; 0 unused */
+} xenevtchn_handle;
+
+/* Mark a local port pending: wakes up the poll loop. 0 or -1.
+ * Unused until the guest side (EXTENSION) raises events. */
+static __attribute__((unused)) int evtchn_raise(xenevtchn_handle *h, evtchn_port_t port)
+{
+    return write(h->wfd, &port, sizeof(port)) == sizeof(port) ? 0 : -1;
+}
+
+static int alloc_port(xenevtchn_handle *h, struct binding b)
+{
+    unsigned int p;
+
+    for (p = 1; p < MAX_PORTS; p++) {
+        if (h->ports[p].kind == UNBOUND) {
+            h->ports[p] = b;
+            return (int)p;
+        }
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+xenevtchn_handle *xenevtchn_open(void *logger, unsigned int flags)
+{
+    xenevtchn_handle *h;
+    int fds[2];
+
+    (void)logger; (void)flags;
+    h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+        free(h);
+        return NULL;
+    }
+    h->rfd = fds[0];
+    h->wfd = fds[1];
+    LOG("xenevtchn_open -> fd %d", h->rfd);
+    return h;
+}
+
+/* Only used when xenstored restarts itself by live update: not supported. */
+xenevtchn_handle *xenevtchn_fdopen(void *logger, int fd, unsigned int flags)
+{
+    (void)logger; (void)fd; (void)flags;
+    errno = EOPNOTSUPP;
+    return NULL;
+}
+
+int xenevtchn_close(xenevtchn_handle *h)
+{
+    if (h) {
+        close(h->rfd);
+        close(h->wfd);
+        free(h);
+    }
+    return 0;
+}
+
+int xenevtchn_fd(xenevtchn_handle *h)
+{
+    return h->rfd;
+}
+
+int xenevtchn_bind_interdomain(xenevtchn_handle *h, uint32_t domid,
+                               evtchn_port_t remote_port)
+{
+    struct binding b = { INTERDOMAIN, domid, remote_port, 0 };
+    int port = alloc_port(h, b);
+
+    LOG("xenevtchn_bind_interdomain(dom %u, remote %u) -> %d", domid,
+        remote_port, port);
+    return port;
+}
+
+int xenevtchn_bind_virq(xenevtchn_handle *h, unsigned int virq)
+{
+    struct binding b = { VIRQ, 0, 0, virq };
+    int port = alloc_port(h, b);
+
+    LOG("xenevtchn_bind_virq(%u) -> %d", virq, port);
+    return port;
+}
+
+int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
+{
+    if (port == 0 || port >= MAX_PORTS || h->ports[port].kind == UNBOUND) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(&h->ports[port], 0, sizeof(h->ports[port]));
+    return 0;
+}
+
+int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
+{
+    if (port == 0 || port >= MAX_PORTS || h->ports[port].kind == UNBOUND) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* EXTENSION: for an INTERDOMAIN port of a guest, signal the guest side.
+     * Dom0 has no kernel on the other end: nothing to do. */
+    return 0;
+}
+
+/*
+ * Called after poll() said the fd is readable. It must never return -1:
+ * xenstored exits on that. A spurious wake-up returns port 0, which is never
+ * bound; xenstored then rescans its connections, which is harmless.
+ */
+int xenevtchn_pending(xenevtchn_handle *h)
+{
+    evtchn_port_t port;
+
+    if (read(h->rfd, &port, sizeof(port)) != sizeof(port))
+        return 0;
+    return (int)port;
+}
+
+int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
+{
+    (void)h; (void)port;
+    return 0;
+}
