@@ -1,0 +1,171 @@
+"""The agent end to end against the real xenstored: what `run` publishes is
+exactly what `show` prints, a second round writes nothing, stale keys are swept,
+and the daemon survives xenstored dying under it and a domain change."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from support.guestroot import GuestRoot
+
+from xenguest_agent import cli
+from xenguest_agent.agent import Agent
+from xenguest_agent.backends.addresses import CapturedAddresses
+from xenguest_agent.backends.linux import LinuxBackend
+from xenguest_agent.config import Config
+from xenguest_agent.daemon import Daemon
+from xenguest_agent.host import Host
+from xenguest_agent.publisher import Publisher
+from xenguest_agent.xenstore import XenStore
+
+HOME = "/local/domain/0"
+
+
+@pytest.fixture
+def guest(tmp_path):
+    return GuestRoot(tmp_path / "guest")
+
+
+def shown(root, capsys):
+    assert cli.main(["show", "--root", str(root), "--os", "linux", "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def published(xenstored, keys):
+    tree = xenstored.dump(HOME)
+    return {k: v for k, v in tree.items() if k in keys}
+
+
+def leaves(tree):
+    return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
+
+
+def test_run_once_publishes_exactly_what_show_prints(xenstored, guest, capsys):
+    expected = shown(guest.root, capsys)
+    assert expected["attr/vif/0/ipv4/0"] == "10.0.0.2"
+    code = cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(guest.root),
+                     "--os", "linux"])
+    assert code == 0
+    assert leaves(xenstored.dump(HOME)) == expected
+
+
+def test_console_script_run_once(xenstored, guest):
+    done = subprocess.run([sys.executable, "-m", "xenguest_agent", "run", "--once", "--xenstore",
+                           xenstored.spec, "--root", str(guest.root), "--os", "linux"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert xenstored.read(f"{HOME}/data/os_distro") == "debian"
+    assert xenstored.read(f"{HOME}/attr/PVAddons/Installed") == "1"
+
+
+def test_unreachable_xenstore_exits_69_naming_the_path(tmp_path, guest, capsys):
+    code = cli.main(["run", "--once", "--xenstore", f"unix:{tmp_path}/absent.sock",
+                     "--root", str(guest.root), "--os", "linux"])
+    assert code == 69
+    assert f"{tmp_path}/absent.sock" in capsys.readouterr().err
+
+
+def test_bad_config_exits_78_naming_file_line_key(tmp_path, guest, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("network:\n  max_addresses: none\n")
+    code = cli.main(["run", "--once", "--config", str(config), "--root", str(guest.root)])
+    assert code == 78
+    assert f"{config}:2: network.max_addresses" in capsys.readouterr().err
+
+
+def make_agent(guest, config=None):
+    host = Host(str(guest.root))
+    return Agent(LinuxBackend(host, CapturedAddresses(host)), config or Config())
+
+
+def test_second_round_writes_nothing_and_changes_write_only_themselves(xenstored, guest):
+    store = XenStore(xenstored.spec)
+    store.connect()
+    try:
+        agent, publisher = make_agent(guest), Publisher(store)
+        agent.publish(store, publisher)
+        mark = xenstored.mark()
+        agent.publish(store, publisher)
+        assert xenstored.count("WRITE", since=mark) == 0
+        assert xenstored.count("RM", since=mark) == 0
+        guest.set_addresses("eth0", ["10.0.0.2", "10.0.0.3"])
+        mark = xenstored.mark()
+        agent.publish(store, publisher)
+        written = [r.path for r in xenstored.trace_requests()[mark:] if r.op == "WRITE"]
+        # the new address, plus the batch markers (data/updated, attr/PVAddons/Installed)
+        assert sorted(written) == ["attr/PVAddons/Installed", "attr/vif/0/ipv4/1", "data/updated"]
+    finally:
+        store.close()
+
+
+def test_stale_keys_swept_and_foreign_keys_kept(xenstored, guest):
+    for path, value in {"attr/vif/3/ipv4/0": "10.3.0.9", "data/os_name": "Windows 95",
+                        "data/other_tool": "mine", "control/feature-poweroff": "1"}.items():
+        xenstored.write(f"{HOME}/{path}", value)
+    assert cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(guest.root),
+                     "--os", "linux"]) == 0
+    tree = xenstored.dump(HOME)
+    assert "attr/vif/3" not in tree
+    assert tree["data/os_name"] == "Debian GNU/Linux 12 (bookworm)"
+    assert tree["data/other_tool"] == "mine"
+    assert tree["control/feature-poweroff"] == "1"
+
+
+def wait_for(predicate, timeout=5.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.fixture
+def running(xenstored, guest):
+    """A daemon (0.1 s poll) in a thread against the real xenstored."""
+    config = Config(poll_interval=0.1)
+    store = XenStore(xenstored.spec, timeout=1.0)
+    store.connect()
+    daemon = Daemon(make_agent(guest, config), store, Publisher(store), config)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
+    yield daemon
+    daemon.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    store.close()
+
+
+def test_daemon_follows_changes_and_is_silent_when_idle(running, xenstored, guest):
+    guest.set_addresses("eth0", ["10.0.0.7"])
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.7")
+    time.sleep(0.3)
+    mark = xenstored.mark()
+    time.sleep(1.0)  # about ten poll rounds with nothing changing
+    assert xenstored.count("WRITE", since=mark) == 0
+    assert running.rounds >= 5
+
+
+def test_daemon_survives_xenstored_restart_and_republishes(running, xenstored):
+    xenstored.kill()
+    time.sleep(0.3)
+    xenstored.start()  # a fresh, empty store
+    assert wait_for(lambda: xenstored.read(f"{HOME}/data/os_distro") == "debian", timeout=10)
+    assert xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2"
+
+
+def test_domain_change_triggers_full_republish(running, xenstored):
+    xenstored.write(f"{HOME}/unique-domain-id", "aaaa")
+    time.sleep(0.3)
+    # what a migration looks like to the guest: a new tree, a new unique-domain-id
+    xenstored.rm(f"{HOME}/data")
+    xenstored.rm(f"{HOME}/attr")
+    started = time.monotonic()
+    xenstored.write(f"{HOME}/unique-domain-id", "bbbb")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=2)
+    assert time.monotonic() - started < 1.0
+    assert xenstored.read(f"{HOME}/data/os_name") == "Debian GNU/Linux 12 (bookworm)"
