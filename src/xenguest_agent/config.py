@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
-import yaml
+if TYPE_CHECKING:  # PyYAML is imported only when a config file is read (memory: ~3 MiB)
+    import yaml
 
 LINUX_CONFIG_PATH = "/etc/xenguest-agent/config.yaml"
 FREEBSD_CONFIG_PATH = "/usr/local/etc/xenguest-agent/config.yaml"
@@ -186,12 +187,14 @@ _TOP: Dict[str, Check] = {
 }
 
 
-def _line(node: Optional[yaml.Node]) -> Optional[int]:
+def _line(node: "Optional[yaml.Node]") -> Optional[int]:
     return None if node is None else node.start_mark.line + 1
 
 
-def _mapping(node: yaml.Node, source: str, key: str) -> Dict[str, Tuple[yaml.Node, yaml.Node]]:
+def _mapping(node: "yaml.Node", source: str, key: str) -> "Dict[str, Tuple[yaml.Node, yaml.Node]]":
     """A YAML mapping node as {name: (key node, value node)}, refusing duplicates."""
+    import yaml
+
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError("expected a mapping", source, _line(node), key or None)
     items: Dict[str, Tuple[yaml.Node, yaml.Node]] = {}
@@ -206,8 +209,10 @@ def _mapping(node: yaml.Node, source: str, key: str) -> Dict[str, Tuple[yaml.Nod
     return items
 
 
-def _apply(record: Any, checks: Mapping[str, Check], items: Mapping[str, Tuple[yaml.Node, yaml.Node]],
+def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[yaml.Node, yaml.Node]]",
            source: str, prefix: str, also_known: Tuple[str, ...] = ()) -> Any:
+    import yaml
+
     loader = yaml.SafeLoader("")
     changes: Dict[str, Any] = {}
     for name, (key_node, value_node) in items.items():
@@ -226,6 +231,8 @@ def _apply(record: Any, checks: Mapping[str, Check], items: Mapping[str, Tuple[y
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Build a Config from YAML text; every error names ``source``, line and key."""
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

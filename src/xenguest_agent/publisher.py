@@ -112,6 +112,14 @@ class Publisher:
             log.warning("xenstored refused to %s %s: %s (logged once per key and error)",
                         action, path, exc)
 
+    def _nothing_to_do(self, desired: Mapping[str, str], markers: Mapping[str, str]) -> bool:
+        published = self._published or {}
+        keep = {**desired, **markers}
+        if any(key not in keep for key in published):
+            return False
+        return all(published.get(p) == v or self._refused_values.get(p) == v
+                   for p, v in desired.items())
+
     def publish(self, desired: Mapping[str, str], markers: Mapping[str, str] = {},
                 quiet: Iterable[str] = ()) -> PublishResult:
         """Make the owned keys equal ``desired`` in one transaction.
@@ -119,6 +127,8 @@ class Publisher:
         ``markers`` (``data/updated``...) are written, even when unchanged, after
         a full publish and whenever a key outside ``quiet`` (memory) changed."""
         quiet = frozenset(quiet)
+        if self._published is not None and self._nothing_to_do(desired, markers):
+            return PublishResult()  # idle: not even a transaction start
 
         def work(tx: Transaction) -> Tuple[PublishResult, Dict[str, str]]:
             full = self._published is None
