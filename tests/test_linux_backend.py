@@ -1,0 +1,373 @@
+"""The Linux backend's pure parsers with inline text, and LinuxBackend on the fixture trees.
+
+Parsers take text, not paths (node_exporter), so each quirk of a real file is one
+inline case here; each distro's whole layout is a tree under tests/fixtures/linux/.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from xenguest_agent.backends.addresses import CapturedAddresses
+from xenguest_agent.backends.base import os_info_from_release, parse_os_release, split_version
+from xenguest_agent.backends.linux import (LinuxBackend, LinuxError, parse_legacy_release,
+                                           parse_lsb_release, parse_meminfo, parse_resolv_domain,
+                                           vif_from_nodename)
+from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
+from xenguest_agent.host import Host
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "linux"
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+# --- parse_meminfo -------------------------------------------------------------------------------
+
+MEMINFO_MODERN = dedent("""
+    MemTotal:        4020016 kB
+    MemFree:         2874520 kB
+    MemAvailable:    3512784 kB
+    Buffers:           53212 kB
+    HugePages_Total:       0
+    Hugepagesize:       2048 kB
+    VmallocTotal:   34359738367 kB
+    """)
+
+MEMINFO_2_6_32 = dedent("""
+    MemTotal:        1922480 kB
+    MemFree:         1134832 kB
+    Buffers:           48712 kB
+    Cached:           431640 kB
+    SwapTotal:       2064380 kB
+    HardwareCorrupted:     0 kB
+    HugePages_Total:       0
+    """)
+
+
+def test_meminfo_free_is_memavailable() -> None:
+    assert parse_meminfo(MEMINFO_MODERN) == Memory(total_kib=4020016, free_kib=3512784)
+
+
+def test_meminfo_without_memavailable_falls_back_to_memfree() -> None:
+    assert parse_meminfo(MEMINFO_2_6_32) == Memory(total_kib=1922480, free_kib=1134832)
+
+
+def test_meminfo_rhel6_backport_puts_memavailable_last() -> None:
+    # RHEL 6.6+ with vm.meminfo_legacy_layout=0 appends MemAvailable as the last line.
+    text = MEMINFO_2_6_32 + "MemAvailable:    1583024 kB\n"
+    assert parse_meminfo(text) == Memory(total_kib=1922480, free_kib=1583024)
+
+
+def test_meminfo_skips_garbage_lines() -> None:
+    text = dedent("""
+        garbage without a colon
+        MemTotal:        2000 kB
+        Weird:           lots kB
+        : 12 kB
+        MemFree:
+        MemFree:         1500 kB
+        """)
+    assert parse_meminfo(text) == Memory(total_kib=2000, free_kib=1500)
+
+
+def test_meminfo_without_total_is_an_error() -> None:
+    with pytest.raises(LinuxError, match="MemTotal"):
+        parse_meminfo("MemFree: 10 kB\nMemAvailable: 20 kB\n")
+
+
+def test_meminfo_without_any_free_figure_is_an_error() -> None:
+    with pytest.raises(LinuxError, match="MemFree"):
+        parse_meminfo("MemTotal: 10 kB\nBuffers: 1 kB\n")
+
+
+def test_meminfo_empty_is_an_error() -> None:
+    with pytest.raises(LinuxError):
+        parse_meminfo("")
+
+
+# --- parse_os_release / os_info_from_release ----------------------------------------------------
+
+def test_os_release_quoting_and_comments() -> None:
+    text = dedent("""
+        # a comment line
+        NAME="Rocky Linux"
+        ID=rocky
+        VERSION_ID='9.3'
+
+          PRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"
+        not an assignment
+        1BAD=starts with a digit
+        EMPTY=
+        """)
+    fields = parse_os_release(text)
+    assert fields == {"NAME": "Rocky Linux", "ID": "rocky", "VERSION_ID": "9.3",
+                      "PRETTY_NAME": "Rocky Linux 9.3 (Blue Onyx)", "EMPTY": ""}
+
+
+def test_os_release_escaped_quote_and_backslash() -> None:
+    fields = parse_os_release(r'NAME="say \"hi\" back\\slash"' + "\n")
+    assert fields["NAME"] == 'say "hi" back\\slash'
+
+
+def test_os_release_escaped_dollar_and_backtick() -> None:
+    # os-release(5): shell special characters ("$", quotes, backslash, backtick) are
+    # escaped with backslashes, following shell style; the value has them unescaped
+    # (CPython's platform.freedesktop_os_release does the same).
+    fields = parse_os_release(r'PRETTY_NAME="Price \$5 \`x\`"' + "\n")
+    assert fields["PRETTY_NAME"] == "Price $5 `x`"
+
+
+def test_os_release_unbalanced_quote_is_kept_as_text() -> None:
+    assert parse_os_release('NAME="Broken Linux\n') == {"NAME": "Broken Linux"}
+
+
+def test_os_release_later_assignment_wins() -> None:
+    assert parse_os_release("ID=a\nID=b\n")["ID"] == "b"
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"ID": "debian", "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)", "VERSION_ID": "12"},
+     OsInfo("Debian GNU/Linux 12 (bookworm)", "debian", "12", None, "k")),
+    ({"ID": "ol", "NAME": "Oracle Linux Server", "VERSION": "8.9", "VERSION_ID": "8.9"},
+     OsInfo("Oracle Linux Server 8.9", "oracle", "8", "9", "k")),
+    ({"ID": "Arch", "NAME": "Arch Linux"}, OsInfo("Arch Linux", "arch", None, None, "k")),
+    ({"NAME": "Mystery OS"}, OsInfo("Mystery OS", "mystery", None, None, "k")),
+])
+def test_os_info_from_release(fields: Dict[str, str], expected: OsInfo) -> None:
+    assert os_info_from_release(fields, "k") == expected
+
+
+def test_os_info_from_release_without_any_name() -> None:
+    assert os_info_from_release({"VERSION_ID": "1"}, "k") is None
+
+
+# --- split_version --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version,expected", [
+    ("12", ("12", None)),
+    ("12.5", ("12", "5")),
+    ("24.04", ("24", "04")),
+    ("3.19.1", ("3", "19")),
+    ("7.9.2009", ("7", "9")),
+    ("14.1-RELEASE-p5", ("14", "1")),
+    (" 9.3 ", ("9", "3")),
+    ("rolling", (None, None)),
+    ("trixie/sid", (None, None)),
+    ("", (None, None)),
+])
+def test_split_version(version: str, expected: tuple) -> None:
+    assert split_version(version) == expected
+
+
+# --- parse_legacy_release (/etc/redhat-release and friends) --------------------------------------
+
+@pytest.mark.parametrize("line,distro,major,minor", [
+    ("CentOS release 6.10 (Final)", "centos", "6", "10"),
+    ("CentOS Linux release 7.9.2009 (Core)", "centos", "7", "9"),
+    ("CentOS Stream release 9", "centos", "9", None),
+    ("Red Hat Enterprise Linux Server release 6.10 (Santiago)", "rhel", "6", "10"),
+    ("Red Hat Enterprise Linux Server release 7.9 (Maipo)", "rhel", "7", "9"),
+    ("Red Hat Enterprise Linux release 8.9 (Ootpa)", "rhel", "8", "9"),
+    ("Oracle Linux Server release 6.10", "oracle", "6", "10"),
+    ("Oracle Linux Server release 7.9", "oracle", "7", "9"),
+    ("Rocky Linux release 9.3 (Blue Onyx)", "rocky", "9", "3"),
+    ("AlmaLinux release 9.3 (Shamrock Pampas Cat)", "almalinux", "9", "3"),
+    ("Scientific Linux release 6.10 (Carbon)", "scientific", "6", "10"),
+    ("Fedora release 39 (Thirty Nine)", "fedora", "39", None),
+])
+def test_legacy_release(line: str, distro: str, major: str, minor: str) -> None:
+    info = parse_legacy_release(line + "\n", "2.6.32-754.el6.x86_64")
+    assert info == OsInfo(name=line, distro=distro, major=major, minor=minor,
+                          kernel="2.6.32-754.el6.x86_64")
+
+
+def test_legacy_release_reads_only_the_first_line() -> None:
+    info = parse_legacy_release("CentOS release 6.10 (Final)\nKernel \\r on an \\m\n", "k")
+    assert info is not None and info.name == "CentOS release 6.10 (Final)"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "no version here", "release (Final)"])
+def test_legacy_release_unrecognised(text: str) -> None:
+    assert parse_legacy_release(text, "k") is None
+
+
+# --- parse_lsb_release -------------------------------------------------------------------------------
+
+def test_lsb_release_ubuntu() -> None:
+    text = dedent("""
+        DISTRIB_ID=Ubuntu
+        DISTRIB_RELEASE=14.04
+        DISTRIB_CODENAME=trusty
+        DISTRIB_DESCRIPTION="Ubuntu 14.04.6 LTS"
+        """)
+    assert parse_lsb_release(text, "k") == OsInfo("Ubuntu 14.04.6 LTS", "ubuntu", "14", "04", "k")
+
+
+def test_lsb_release_without_description() -> None:
+    info = parse_lsb_release("DISTRIB_ID=LinuxMint\nDISTRIB_RELEASE=17.3\n", "k")
+    assert info == OsInfo("LinuxMint 17.3", "linuxmint", "17", "3", "k")
+
+
+def test_lsb_release_without_id() -> None:
+    assert parse_lsb_release("DISTRIB_RELEASE=14.04\n", "k") is None
+
+
+# --- parse_resolv_domain ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("search example.org\nnameserver 192.168.10.1\n", "example.org"),
+    ("domain example.com\nnameserver 10.0.0.1\n", "example.com"),
+    ("search a.example b.example\n", "a.example"),
+    ("domain example.com.\n", "example.com"),
+    ("search .\n", None),
+    ("nameserver 10.0.0.1\n", None),
+    ("# search commented.example\n; domain also.example\nnameserver 1.1.1.1\n", None),
+    ("search\n", None),
+    ("", None),
+    ("domain corp.example.net\nsearch corp.example.net\n", "corp.example.net"),
+])
+def test_resolv_domain(text: str, expected: str) -> None:
+    assert parse_resolv_domain(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("domain a.example\nsearch b.example c.example\n", "b.example"),
+    ("search b.example\ndomain a.example\n", "a.example"),
+    ("search x.example\nsearch y.example\n", "y.example"),
+])
+def test_resolv_domain_last_instance_wins(text: str, expected: str) -> None:
+    # resolv.conf(5): "The domain and search keywords are mutually exclusive. If more
+    # than one instance of these keywords is present, the last instance wins."
+    # glibc's res_init takes the local domain from whichever line came last.
+    assert parse_resolv_domain(text) == expected
+
+
+# --- vif_from_nodename -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodename,expected", [
+    ("device/vif/0", 0),
+    ("device/vif/2", 2),
+    ("device/vif/12", 12),
+    ("device/vbd/51712", None),
+    ("device/vif/", None),
+    ("device/vif/1/extra", None),
+    ("/local/domain/5/device/vif/0", None),
+    ("", None),
+    (None, None),
+])
+def test_vif_from_nodename(nodename: object, expected: object) -> None:
+    assert vif_from_nodename(nodename) == expected  # type: ignore[arg-type]
+
+
+# --- LinuxBackend on the fixture trees ---------------------------------------------------------------
+
+def backend(tree: str) -> LinuxBackend:
+    host = Host(str(FIXTURES / tree))
+    return LinuxBackend(host, CapturedAddresses(host))
+
+
+def by_name(tree: str) -> Dict[str, Interface]:
+    return {iface.name: iface for iface in backend(tree).interfaces()}
+
+
+def test_debian12_interfaces() -> None:
+    found = by_name("debian12")
+    assert sorted(found) == ["eth0", "lo"]
+    assert (found["eth0"].vif, found["eth0"].mac, found["eth0"].lower) == (0, "00:16:3e:5c:2a:91", ())
+    assert [a.address for a in found["eth0"].addresses] == [
+        "192.168.10.21", "2001:db8:10:0:216:3eff:fe5c:2a91", "fe80::216:3eff:fe5c:2a91"]
+    assert [a.link_local for a in found["eth0"].addresses] == [False, False, True]
+    assert found["lo"].vif is None and found["lo"].addresses == ()  # loopback dropped
+
+
+def test_ubuntu2404_vifs_by_nodename_not_name() -> None:
+    found = by_name("ubuntu2404")
+    assert {name: iface.vif for name, iface in found.items()} == {
+        "docker0": None, "enX0": 0, "enX1": 1, "lo": None, "veth7c1e2a9": None}
+    assert found["docker0"].lower == ("veth7c1e2a9",)
+    assert found["veth7c1e2a9"].lower == ()  # upper_docker0 is not a lower link
+
+
+def test_rocky9_bridge_and_vlan_lower_links() -> None:
+    found = by_name("rocky9")
+    assert {name: iface.vif for name, iface in found.items()} == {
+        "br0": None, "eth0": 0, "eth1": 2, "eth1.100": None, "lo": None}
+    assert found["br0"].lower == ("eth0",)          # lower_eth0 and brif/eth0, once
+    assert found["eth1.100"].lower == ("eth1",)
+    assert found["eth0"].lower == () and found["eth1"].lower == ()
+    assert found["eth0"].addresses == () and found["br0"].addresses != ()
+
+
+def test_centos6_old_sysfs_without_devtype() -> None:
+    tree = FIXTURES / "centos6" / "sys" / "class" / "net" / "eth0"
+    assert not (tree / "device" / "devtype").exists()  # the point of this tree
+    assert not any(p.name.startswith("lower_") for p in tree.iterdir())
+    found = by_name("centos6")
+    assert found["eth0"].vif == 0 and found["eth0"].lower == ()
+
+
+def test_many_addresses_all_reported_by_backend() -> None:
+    eth0 = by_name("many-addresses")["eth0"]
+    assert sum(a.family == 4 for a in eth0.addresses) == 40
+    assert sum(a.family == 6 for a in eth0.addresses) == 40
+    assert eth0.addresses[0].address == "169.254.83.17" and eth0.addresses[0].link_local
+
+
+@pytest.mark.parametrize("tree,expected", [
+    ("debian12", OsInfo("Debian GNU/Linux 12 (bookworm)", "debian", "12", "5", "6.1.0-18-amd64")),
+    ("ubuntu2404", OsInfo("Ubuntu 24.04 LTS", "ubuntu", "24", "04", "6.8.0-31-generic")),
+    ("rocky9", OsInfo("Rocky Linux 9.3 (Blue Onyx)", "rocky", "9", "3",
+                      "5.14.0-362.8.1.el9_3.x86_64")),
+    ("alpine319", OsInfo("Alpine Linux v3.19", "alpine", "3", "19", "6.6.14-0-virt")),
+    ("centos6", OsInfo("CentOS release 6.10 (Final)", "centos", "6", "10",
+                       "2.6.32-754.el6.x86_64")),
+])
+def test_os_info_per_tree(tree: str, expected: OsInfo) -> None:
+    assert backend(tree).os_info() == expected
+
+
+@pytest.mark.parametrize("tree,expected", [
+    ("debian12", Memory(4020016, 3512784)),
+    ("ubuntu2404", Memory(8130548, 7032416)),
+    ("rocky9", Memory(3777604, 3231204)),
+    ("alpine319", Memory(1004652, 901836)),
+    ("centos6", Memory(1922480, 1134832)),  # MemFree: the legacy layout has no MemAvailable
+])
+def test_memory_per_tree(tree: str, expected: Memory) -> None:
+    assert backend(tree).memory() == expected
+
+
+@pytest.mark.parametrize("tree,expected", [
+    ("debian12", Capabilities(balloon=True, hotplug_vif=True, hotplug_vbd=True)),
+    ("alpine319", Capabilities(balloon=False, hotplug_vif=True, hotplug_vbd=True)),
+])
+def test_capabilities_per_tree(tree: str, expected: Capabilities) -> None:
+    assert backend(tree).capabilities() == expected
+
+
+@pytest.mark.parametrize("tree,expected", [
+    ("debian12", HostNames("web01", "example.org")),
+    ("ubuntu2404", HostNames("noble-app", "lan.example.net")),  # via the resolv.conf symlink
+    ("alpine319", HostNames("alpine319", None)),
+    ("centos6", HostNames("c6legacy.lab.example.net", "lab.example.net")),  # from the FQDN
+])
+def test_host_names_per_tree(tree: str, expected: HostNames) -> None:
+    assert backend(tree).host_names() == expected
+
+
+def test_empty_root_degrades(tmp_path: Path) -> None:
+    host = Host(str(tmp_path))
+    empty = LinuxBackend(host, CapturedAddresses(host))
+    assert empty.interfaces() == ()
+    assert empty.capabilities() == Capabilities()
+    assert empty.host_names() == HostNames()
+    with pytest.raises(LinuxError):
+        empty.kernel_release()
+    with pytest.raises(LinuxError):
+        empty.memory()
