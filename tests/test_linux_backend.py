@@ -371,3 +371,25 @@ def test_empty_root_degrades(tmp_path: Path) -> None:
         empty.kernel_release()
     with pytest.raises(LinuxError):
         empty.memory()
+
+
+@pytest.mark.parametrize("text, distro, major, minor", [
+    # SLES 11 keeps the service pack in PATCHLEVEL (XenServer's agent reports it as minor)
+    ("SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4\n", "sles", "11", "4"),
+    # Oracle Linux 5 names itself this way in redhat-release
+    ("Enterprise Linux Enterprise Linux Server release 5.11 (Carthage)\n", "oracle", "5", "11"),
+    ("Oracle Linux Server release 6.10\n", "oracle", "6", "10"),
+])
+def test_legacy_release_sles_patchlevel_and_oracle(text, distro, major, minor) -> None:
+    info = parse_legacy_release(text, "k")
+    assert (info.distro, info.major, info.minor) == (distro, major, minor)
+
+
+def test_oracle_release_is_read_before_redhat_release(tmp_path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/osrelease").write_text("2.6.32-754.el6uek\n")
+    (tmp_path / "etc/redhat-release").write_text("Red Hat Enterprise Linux Server release 6.10 (Santiago)\n")
+    (tmp_path / "etc/oracle-release").write_text("Oracle Linux Server release 6.10\n")
+    info = LinuxBackend(Host(str(tmp_path)), addresses=None).os_info()
+    assert (info.distro, info.major, info.minor) == ("oracle", "6", "10")

@@ -158,10 +158,13 @@ class Agent:
         self._macs = None
         self._memory_published = None
 
-    def publish(self, store: XenStore, publisher: Publisher) -> PublishResult:
-        """One round: collect, render, hysteresis, publish the difference."""
+    def publish(self, store: XenStore, publisher: Publisher,
+                extra: Optional[Dict[str, str]] = None) -> PublishResult:
+        """One round: collect, render, hysteresis, publish the difference.
+        ``extra``: keys from elsewhere (control/feature-* flags)."""
         facts = self.collect()
         desired = self.render(facts, self._mac_directory(store, facts))
+        desired.update(extra or {})
         self._apply_memory_hysteresis(facts, desired)
         markers = {schema.UPDATED_KEY: UPDATED_VALUE, schema.NUDGE_KEY: desired[schema.NUDGE_KEY]}
         return publisher.publish(desired, markers=markers, quiet=schema.MEMORY_KEYS)

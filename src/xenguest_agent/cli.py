@@ -66,10 +66,8 @@ def _os_name(choice: str) -> str:
     return platform.system().lower() if choice == "auto" else choice
 
 
-def _config(args: argparse.Namespace, os_name: str) -> Config:
-    default = FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH
-    config = load_config(args.config or default, required=bool(args.config))
-    return config
+def _config_path(args: argparse.Namespace, os_name: str) -> str:
+    return args.config or (FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH)
 
 
 def _setup_logging(level: str) -> None:
@@ -101,8 +99,13 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     return EX_OK
 
 
-def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str) -> int:
+def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, backend: Backend,
+         config_path: str) -> int:
+    import time
+
+    from xenguest_agent.control import Control
     from xenguest_agent.daemon import Daemon
+    from xenguest_agent.hooks import Hooks
     from xenguest_agent.publisher import Publisher
     from xenguest_agent.xenstore import XenStore, XenStoreError
 
@@ -111,7 +114,13 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str) -> i
     except ValueError as exc:
         sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
         return EX_CONFIG
-    daemon = Daemon(agent, store, Publisher(store), config)
+    hooks = Hooks(os.path.join(os.path.dirname(config_path), "hooks"), config.control.hook_timeout)
+    commands = {**backend.power_commands(), **dict(config.control.commands)}
+    control = Control(config.control, commands, Host(args.root).run, hooks,
+                      backend.kernel_features, backend.unadvertised_features, time.monotonic)
+    if args.root == "/" and config.control.pm_freeze_timeout and not args.once:
+        backend.tune_suspend(config.control.pm_freeze_timeout)
+    daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks)
     try:
         store.connect()
         if not args.once:
@@ -127,8 +136,9 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str) -> i
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     os_name = _os_name(args.os)
+    config_path = _config_path(args, os_name)
     try:
-        config = _config(args, os_name)
+        config = load_config(config_path, required=bool(args.config))
     except ConfigError as exc:
         sys.stderr.write(f"xenguest-agent: bad configuration: {exc}\n")
         return EX_CONFIG
@@ -142,4 +152,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec = getattr(args, "xenstore", None) or config.xenstore or backend.default_xenstore
     if args.command == "show":
         return _show(args, agent, spec)
-    return _run(args, agent, config, spec)
+    return _run(args, agent, config, spec, backend, config_path)

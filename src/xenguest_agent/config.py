@@ -70,7 +70,9 @@ class ControlConfig:
 
     mode: str = "auto"
     grace: float = 2.0
-    pm_freeze_timeout: Optional[int] = 300
+    pm_freeze_timeout: Optional[int] = 300  # seconds; Linux /sys/power/pm_freeze_timeout
+    hook_timeout: float = 30.0
+    commands: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # request -> argv, overrides the OS default
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,19 @@ def _vif_map(value: Any) -> Tuple[Tuple[str, int], ...]:
     return tuple(sorted(out))
 
 
+def _commands(value: Any) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of request (poweroff, reboot, halt) to a command list")
+    out = []
+    for request, argv in value.items():
+        if request not in ("poweroff", "reboot", "halt"):
+            raise ValueError(f"unknown request {request!r} (poweroff, reboot, halt)")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+            raise ValueError(f"{request}: expected a non-empty list of arguments (no shell)")
+        out.append((request, tuple(argv)))
+    return tuple(sorted(out))
+
+
 _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
     "memory": (MemoryConfig, {
         "threshold_kib": _count(0),
@@ -176,6 +191,8 @@ _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
         "mode": _choice(*CONTROL_MODES),
         "grace": _non_negative_number,
         "pm_freeze_timeout": _optional(_count(1)),
+        "hook_timeout": _positive_number,
+        "commands": _commands,
     }),
 }
 

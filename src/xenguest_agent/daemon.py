@@ -1,13 +1,23 @@
 """The long-running loop: one event queue, one consumer.
 
 Producers put events on one queue: XenStore watch events (on the watch
-connection's thread), signals, and (later) network change notifications; timers
-are deadlines the consumer computes, so no timer threads exist.  The consumer is
-the only thread that talks to XenStore, which keeps the pyxs adapter simple.
+connection's thread) and signals; timers (the poll round, the shutdown grace
+period) are deadlines the consumer computes, so no timer threads exist.  The
+consumer is the only thread that talks to XenStore.
 
 Failure policy: a XenStore error never ends the daemon.  A lost connection is
 re-established with exponential backoff (0.5 s doubling to 30 s) and followed by
 a full republish, because a restarted xenstored has an empty tree.
+
+Resume and migration: the guest's XenStore tree is not migrated, so after a
+restore or migration every key is gone and the domain may have a new domid.
+Signs, any of which triggers a full republish and the post-resume hooks:
+``unique-domain-id`` changed (xenopsd writes a new one; CA-30811), ``domid``
+changed (plain xl: a restore or migration makes a new domain), or the clock
+jumped (CLOCK_BOOTTIME advances over a suspend, CLOCK_MONOTONIC does not: a
+checkpoint or a suspend/resume in place keeps domid).  After a resume the
+kernel re-registers every watch and each fires once, so the check runs on
+every watch event.
 """
 
 from __future__ import annotations
@@ -21,38 +31,60 @@ from typing import Callable, Optional, Tuple
 
 from xenguest_agent.agent import Agent
 from xenguest_agent.config import Config
+from xenguest_agent.control import SHUTDOWN_KEY, Control
+from xenguest_agent.hooks import Hooks
 from xenguest_agent.publisher import Publisher
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Written by the toolstack at domain creation (xenopsd, before unpausing;
-#: CA-30811) and changed on every resume or migration, when the guest's XenStore
-#: tree has been rebuilt from scratch.  Plain xl/libxl does not write it.
+#: Written by xenopsd at domain creation, before unpausing (CA-30811), and new
+#: on every resume or migration.  Plain xl/libxl does not write it.
 UNIQUE_DOMAIN_ID = "unique-domain-id"
+DOMID = "domid"
 
 TOKEN_DOMAIN = "xenguest-agent:domain"
+TOKEN_SHUTDOWN = "xenguest-agent:shutdown"
 
 Event = Tuple[str, ...]
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 
+#: A gap between CLOCK_BOOTTIME and CLOCK_MONOTONIC that grew by more than this
+#: means the domain was suspended (the loop never sleeps this long unnoticed).
+SUSPEND_JUMP = 2.0
+
+
+def suspended_seconds() -> float:
+    """Time spent suspended since boot (Linux: BOOTTIME - MONOTONIC); 0 where unknown."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return 0.0
+    return time.clock_gettime(boottime) - time.monotonic()
+
 
 class Daemon:
-    """Drives an :class:`Agent` against a :class:`XenStore` until told to stop."""
+    """Drives an :class:`Agent` and a :class:`Control` against a :class:`XenStore`."""
 
     def __init__(self, agent: Agent, store: XenStore, publisher: Publisher, config: Config,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 control: Optional[Control] = None, hooks: Optional[Hooks] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 suspended: Callable[[], float] = suspended_seconds) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
         self.config = config
+        self.control = control
+        self.hooks = hooks
         self.clock = clock
+        self.suspended = suspended
         self.events: "queue.Queue[Event]" = queue.Queue()
         self._stopping = False
-        self._domain_id: Optional[str] = None
+        self._domain: Tuple[Optional[str], Optional[str]] = (None, None)
+        self._suspended_base = suspended()
         self.rounds = 0
+        self.resumes = 0
 
     # --- producers -----------------------------------------------------------------------
 
@@ -75,17 +107,25 @@ class Daemon:
 
     # --- XenStore session ----------------------------------------------------------------
 
+    def _read_domain(self) -> Tuple[Optional[str], Optional[str]]:
+        return self.store.read(DOMID), self.store.read(UNIQUE_DOMAIN_ID)
+
     def _start_session(self) -> None:
         """Watches, then a full publish (the tree may be empty or someone else's)."""
         self.store.on_event(self._on_watch)
-        self._domain_id = self.store.read(UNIQUE_DOMAIN_ID)
+        self._domain = self._read_domain()
+        if self.control is not None:
+            self.control.learn(self.store)
         self.store.watch(UNIQUE_DOMAIN_ID, TOKEN_DOMAIN)
+        if self.control is not None:
+            self.store.watch(SHUTDOWN_KEY, TOKEN_SHUTDOWN)
         self.agent.forget()
         self.publisher.invalidate()
         self._publish()
 
     def _publish(self) -> None:
-        self.agent.publish(self.store, self.publisher)
+        extra = self.control.advertised() if self.control is not None else None
+        self.agent.publish(self.store, self.publisher, extra)
         self.rounds += 1
 
     def _reconnect(self) -> bool:
@@ -132,18 +172,48 @@ class Daemon:
         except Exception:  # a bug must not end a guest agent; say it loudly and go on
             log.exception("unexpected error in the agent loop")
 
-    # --- events --------------------------------------------------------------------------
+    # --- resume and migration ------------------------------------------------------------
 
-    def _domain_changed(self) -> None:
-        current = self.store.read(UNIQUE_DOMAIN_ID)
-        if current == self._domain_id:
-            return  # the registration firing, or a spurious event
-        log.info("unique-domain-id changed (%s -> %s): resumed or migrated; republishing everything",
-                 self._domain_id, current)
-        self._domain_id = current
+    def _check_resume(self, clock_jump: bool = False) -> None:
+        """Compare domid and unique-domain-id with what the session started with."""
+        old_domid, old_uuid = self._domain
+        domid, uuid = self._read_domain()
+        if (domid, uuid) == self._domain and not clock_jump:
+            return
+        self._domain = (domid, uuid)
+        migrated = domid != old_domid
+        self.resumes += 1
+        log.info("domain resumed%s (domid %s -> %s, unique-domain-id %s -> %s%s): "
+                 "republishing everything", " in a new domain" if migrated else "",
+                 old_domid, domid, old_uuid, uuid, ", clock jumped" if clock_jump else "")
+        if self.control is not None:
+            self.control.forget()
+            self.control.learn(self.store)
         self.agent.forget()
         self.publisher.invalidate()
         self._publish()
+        if self.hooks is not None:
+            details = {"old_domid": old_domid or "", "new_domid": domid or "",
+                       "unique_domain_id": uuid or "", "old_unique_domain_id": old_uuid or ""}
+            self.hooks.run("post-resume", details)
+            if migrated:
+                self.hooks.run("post-migrate", details)
+
+    def _check_clock(self) -> None:
+        now = self.suspended()
+        if now - self._suspended_base > SUSPEND_JUMP:
+            log.info("the clock jumped %.1fs: the domain was suspended", now - self._suspended_base)
+            self._suspended_base = now
+            self._guarded(lambda: self._check_resume(clock_jump=True))
+        else:
+            self._suspended_base = max(self._suspended_base, now)
+
+    # --- events --------------------------------------------------------------------------
+
+    def _on_watch_event(self, token: str) -> None:
+        self._check_resume()
+        if token == TOKEN_SHUTDOWN and self.control is not None:
+            self.control.on_event(self.store)
 
     def _handle(self, event: Event) -> None:
         kind = event[0]
@@ -158,8 +228,8 @@ class Daemon:
             else:
                 log.info("signal %s: stopping", event[1])
                 self._stopping = True
-        elif kind == "watch" and event[2] == TOKEN_DOMAIN:
-            self._guarded(self._domain_changed)
+        elif kind == "watch":
+            self._guarded(lambda: self._on_watch_event(event[2]))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -174,12 +244,22 @@ class Daemon:
         poll = self.config.poll_interval
         next_round = self.clock() + poll
         while not self._stopping:
-            timeout = max(0.0, next_round - self.clock())
+            deadlines = [next_round]
+            control_deadline = self.control.deadline() if self.control is not None else None
+            if control_deadline is not None:
+                deadlines.append(control_deadline)
+            timeout = max(0.0, min(deadlines) - self.clock())
             try:
                 self._handle(self.events.get(timeout=timeout))
             except queue.Empty:
                 pass
-            if not self._stopping and self.clock() >= next_round:
+            if self._stopping:
+                break
+            self._check_clock()
+            now = self.clock()
+            if control_deadline is not None and now >= control_deadline and self.control is not None:
+                self._guarded(lambda: self.control.on_deadline(self.store))  # type: ignore[union-attr]
+            if now >= next_round:
                 self._guarded(self._publish)
                 next_round = self.clock() + poll
         log.info("stopped after %d rounds", self.rounds)

@@ -103,6 +103,11 @@ class Host:
             return None
         return text.split("\n", 1)[0].strip()
 
+    def write_text(self, guest_path: str, text: str) -> None:
+        """Write a (sysfs/procfs) file under the root; errors propagate (OSError)."""
+        with open(self.path(guest_path), "w", encoding="ascii") as handle:
+            handle.write(text)
+
     def exists(self, guest_path: str) -> bool:
         return os.path.exists(self.path(guest_path))
 

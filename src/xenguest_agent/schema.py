@@ -53,6 +53,12 @@ OWNED_KEYS = (
     "data/domain",
     "data/updated",
     "control/feature-balloon",
+    # written by the Linux kernel at boot and re-written by the agent when a
+    # migration left a fresh tree without them; written by the agent on FreeBSD,
+    # whose kernel handles the requests but advertises nothing (control.py)
+    "control/feature-poweroff",
+    "control/feature-reboot",
+    "control/feature-suspend",
     "feature/hotplug/vif",
     "feature/hotplug/vbd",
 )

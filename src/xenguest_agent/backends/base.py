@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
 from typing import Dict, Optional, Protocol, Tuple
 
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
@@ -34,14 +33,30 @@ class Backend(Protocol):
 
     def host_names(self) -> HostNames: ...
 
+    #: control/feature-* flags the kernel writes itself (re-written after migration)
+    kernel_features: Tuple[str, ...]
+    #: requests the kernel performs but never advertises (the agent advertises them)
+    unadvertised_features: Tuple[str, ...]
+
+    def power_commands(self) -> Dict[str, Tuple[str, ...]]:
+        """argv per request (poweroff/reboot/halt) for when the agent must act."""
+        ...
+
+    def tune_suspend(self, freeze_timeout: int) -> None:
+        """Prepare the OS for Xen suspends (may log; never raises)."""
+        ...
+
 
 # --- os-release (freedesktop.org os-release(5)); shared by Linux and FreeBSD ---------------
 
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_ESCAPE = re.compile(r"\\([\\$\"'`])")
 
 
 def parse_os_release(text: str) -> Dict[str, str]:
-    """Parse os-release(5) text: shell-style ``KEY=value`` lines, quotes optional."""
+    """Parse os-release(5) text: ``KEY=value`` lines, the value optionally in
+    single or double quotes, with ``\\$ \\" \\\\ \\``` escapes undone (as
+    CPython's ``platform.freedesktop_os_release`` does).  No shell is involved."""
     fields: Dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
@@ -51,11 +66,12 @@ def parse_os_release(text: str) -> Dict[str, str]:
         if not match:
             continue
         key, value = match.groups()
-        try:
-            parts = shlex.split(value, comments=False, posix=True)
-        except ValueError:  # unbalanced quotes: take the text as it stands
-            parts = [value.strip("\"'")]
-        fields[key] = " ".join(parts)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif value[:1] in ("'", '"'):  # unbalanced: keep the text, drop the stray quote
+            value = value[1:]
+        fields[key] = _ESCAPE.sub(r"\1", value)
     return fields
 
 

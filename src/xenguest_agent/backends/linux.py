@@ -58,6 +58,7 @@ _LEGACY_IDS = (
     ("red hat enterprise linux", "rhel"), ("centos", "centos"), ("fedora", "fedora"),
     ("rocky", "rocky"), ("almalinux", "almalinux"), ("oracle", "oracle"),
     ("scientific", "scientific"), ("suse linux enterprise", "sles"), ("opensuse", "opensuse"),
+    ("enterprise linux enterprise linux", "oracle"),  # Oracle Linux 5's redhat-release
 )
 
 
@@ -70,6 +71,10 @@ def parse_legacy_release(text: str, kernel: str) -> Optional[OsInfo]:
     lowered = match.group("name").lower()
     distro = next((ident for key, ident in _LEGACY_IDS if key in lowered), lowered.split()[0])
     major, minor = split_version(match.group("version"))
+    # SuSE-release: "SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4"
+    patch = re.search(r"^PATCHLEVEL\s*=\s*(\d+)", text, re.MULTILINE)
+    if minor is None and patch:
+        minor = patch.group(1)
     return OsInfo(name=line, distro=distro, major=major, minor=minor, kernel=kernel)
 
 
@@ -85,15 +90,13 @@ def parse_lsb_release(text: str, kernel: str) -> Optional[OsInfo]:
 
 
 def parse_resolv_domain(text: str) -> Optional[str]:
-    """The DNS domain from resolv.conf(5): ``domain`` wins, else the first ``search`` entry."""
-    domain = search = None
+    """The DNS domain from resolv.conf(5): ``domain`` and ``search`` are mutually
+    exclusive and the last of them wins; of a search list, the first entry."""
+    chosen = None
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "domain":
-            domain = parts[1]
-        elif len(parts) >= 2 and parts[0] == "search" and search is None:
-            search = parts[1]
-    chosen = domain or search
+        if len(parts) >= 2 and parts[0] in ("domain", "search"):
+            chosen = parts[1]
     return chosen.rstrip(".") if chosen and chosen != "." else None
 
 
@@ -110,6 +113,10 @@ class LinuxBackend:
 
     name = "linux"
     default_xenstore = DEFAULT_XENSTORE
+    #: drivers/xen/manage.c setup_shutdown_watcher writes feature-poweroff and
+    #: feature-reboot, and feature-suspend with CONFIG_HIBERNATE_CALLBACKS.
+    kernel_features = ("poweroff", "reboot", "suspend")
+    unadvertised_features: Tuple[str, ...] = ()
 
     def __init__(self, host: Host, addresses: Optional[AddressSource] = None) -> None:
         self.host = host
@@ -131,7 +138,9 @@ class LinuxBackend:
                 info = os_info_from_release(parse_os_release(text), kernel)
                 if info is not None:
                     return self._refine_debian(info)
-        for path in ("/etc/redhat-release", "/etc/centos-release", "/etc/SuSE-release"):
+        # oracle-release first: Oracle Linux 5/6 also ship a redhat-release naming RHEL
+        for path in ("/etc/oracle-release", "/etc/centos-release", "/etc/redhat-release",
+                     "/etc/SuSE-release"):
             text = self.host.read_text(path)
             if text:
                 info = parse_legacy_release(text, kernel)
@@ -210,6 +219,34 @@ class LinuxBackend:
             hotplug_vif=self.host.exists("/sys/bus/xen/drivers/vif"),
             hotplug_vbd=self.host.exists("/sys/bus/xen/drivers/vbd"),
         )
+
+    def power_commands(self) -> Dict[str, Tuple[str, ...]]:
+        """systemctl where systemd is PID 1 (sd_booted: /run/systemd/system exists),
+        else the sysvinit/busybox commands."""
+        if self.host.exists("/run/systemd/system"):
+            return {name: ("systemctl", name) for name in ("poweroff", "reboot", "halt")}
+        return {name: (f"/sbin/{name}",) for name in ("poweroff", "reboot", "halt")}
+
+    def tune_suspend(self, freeze_timeout: int) -> None:
+        """Raise ``/sys/power/pm_freeze_timeout`` (milliseconds; kernel default
+        20,000) so a Xen suspend under heavy I/O does not fail while freezing
+        tasks; XenServer's agent sets 300 s.  Never lowers it."""
+        path = "/sys/power/pm_freeze_timeout"
+        current = self.host.read_line(path)
+        wanted = freeze_timeout * 1000
+        if current is None or not current.isdigit():
+            log.info("%s not available: suspend freeze timeout left to the kernel", path)
+            return
+        if int(current) >= wanted:
+            log.debug("%s is %s ms already (wanted %d)", path, current, wanted)
+            return
+        try:
+            self.host.write_text(path, f"{wanted}\n")
+        except OSError as exc:
+            log.warning("cannot raise %s from %s to %d ms: %s", path, current, wanted, exc)
+            return
+        log.info("raised %s from %s to %d ms so suspends under I/O load do not fail "
+                 "(not restored at exit)", path, current, wanted)
 
     def host_names(self) -> HostNames:
         """Host name from kernel/sysctl ``hostname``; DNS domain from resolv.conf,
