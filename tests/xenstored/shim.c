@@ -22,20 +22,42 @@
  * Nothing ever writes to the dom0 ring page (no kernel is on the other side),
  * so dom0's ring stays idle; clients use the unix socket ($XENSTORED_PATH).
  *
+ * Guest domains (issue 3): a test can also run a guest domain N whose
+ * XenStore connection is a real ring, so that xenstored applies its
+ * permission checks and per-domain quotas to it exactly as on a host. The
+ * guest side is tests/support/guestbridge.py; it meets xenstored through
+ * three files in $XENSTORED_SHIM_DIR:
+ *
+ *   domain-N.ring    the ring page: 4096 bytes laid out as xs_wire.h's
+ *                    struct xenstore_domain_interface. The bridge creates it;
+ *                    xengnttab_map_grant_ref(N, ...) mmap()s it MAP_SHARED, so
+ *                    both processes see the same page, like a granted frame.
+ *   evtchn           a FIFO: guest -> xenstored events. It is the read end of
+ *                    xenstored's event channel handle (what xenevtchn_fd()
+ *                    returns), opened O_RDWR so it never reports EOF. A guest
+ *                    writes one 32-bit record (below) per notification.
+ *   domain-N.evtchn  a FIFO: xenstored -> guest events. The bridge keeps it
+ *                    open for reading; xenevtchn_notify() on the port bound
+ *                    to domain N writes a 32-bit record to it.
+ *   domain-N.dying   if present, xc_domain_getinfo reports N as dying (the
+ *                    domain was destroyed); raise VIRQ_DOM_EXC (below) to make
+ *                    xenstored notice, as the hypervisor would.
+ *
+ * FIFOs rather than sockets because their paths have no 108-byte limit
+ * (pytest's tmp_path is deep) and because a FIFO outlives a killed xenstored,
+ * so the guest side never has to reopen it.
+ *
+ * Records written to "evtchn" (native-endian uint32):
+ *   N                       domain N notified its xenstore port
+ *   EVTCHN_REC_VIRQ | v     virtual IRQ v fired (3 = VIRQ_DOM_EXC)
+ *   EVTCHN_REC_PORT | p     local port p is pending (evtchn_raise)
+ *
  * Environment:
  *   XENSTORED_SHIM_DIR      directory for xsd_port/xsd_kva (required)
  *   XENSTORED_SHIM_DOMAINS  comma-separated domids that "exist" besides 0
  *                           (xc_domain_getinfo reports them; xenstored only
  *                           honours permissions naming existing domains)
  *   XENSTORED_SHIM_DEBUG    non-empty: log every stubbed call to stderr
- *
- * Later extension (issue 3, not built here): a guest domain N whose ring is a
- * shared file and whose event channel is a pipe or socketpair. The places it
- * plugs in are marked "EXTENSION": xengnttab_map_grant_ref() maps the
- * domain's ring file, xenevtchn_notify() signals the guest side of an
- * interdomain binding, and the guest side makes the handle's pipe readable
- * (through evtchn_raise()) so xenstored's poll loop wakes up and reads the
- * ring.
  *
  * Build: gcc -shared -fPIC -O2 -Wall -o shim.so shim.c -ldl
  */
@@ -48,6 +70,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -229,6 +252,36 @@ static void load_domains(void)
     free(copy);
 }
 
+/*
+ * $XENSTORED_SHIM_DIR/<name> into buf; 0, or -1 with errno set. Every guest
+ * file lives there, so a test needs to know a single directory.
+ */
+static int shim_path(char *buf, size_t len, const char *fmt, uint32_t domid)
+{
+    const char *dir = getenv("XENSTORED_SHIM_DIR");
+    char name[64];
+
+    if (!dir || !*dir) {
+        errno = ENOENT;
+        return -1;
+    }
+    snprintf(name, sizeof(name), fmt, domid);
+    if ((size_t)snprintf(buf, len, "%s/%s", dir, name) >= len) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+/* A test marks domain N destroyed by creating domain-N.dying. */
+static int domain_dying(uint32_t domid)
+{
+    char path[4096];
+
+    return domid != 0 && shim_path(path, sizeof(path), "domain-%u.dying", domid) == 0
+           && access(path, F_OK) == 0;
+}
+
 /* ------------------------------------------------------------------------
  * libxenctrl
  *
@@ -293,7 +346,15 @@ int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid,
         return 0;
     memset(out, 0, sizeof(*out));
     out->domid = best;
-    out->running = 1;
+    /* A destroyed domain stays listed while dying, as with a real
+     * hypervisor until its last page is freed; xenstored then releases its
+     * connection and deletes the nodes it owns. */
+    if (domain_dying(best)) {
+        out->dying = 1;
+        out->shutdown = 1;
+    } else {
+        out->running = 1;
+    }
     return 1;
 }
 
@@ -301,10 +362,15 @@ int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid,
  * libxengnttab
  *
  * xenstored maps each guest's ring page with
- * xengnttab_map_grant_ref(domid, GNTTAB_RESERVED_XENSTORE). Dom0's ring comes
- * from /proc/xen/xsd_kva instead, so standalone (dom0 and unix socket
- * clients only) no grant is ever mapped and XS_INTRODUCE of a guest fails.
+ * xengnttab_map_grant_ref(domid, GNTTAB_RESERVED_XENSTORE) when a guest is
+ * introduced; 4.17 ignores the mfn given in XS_INTRODUCE. Dom0's ring comes
+ * from /proc/xen/xsd_kva instead. Here the "granted frame" of domain N is the
+ * file domain-N.ring, mapped shared so the guest bridge sees every store.
+ * Without that file XS_INTRODUCE of N fails (ENOENT), as it would for a
+ * guest that granted nothing.
  * ------------------------------------------------------------------------ */
+
+#define RING_PAGE 4096
 
 typedef struct xengnttab_handle xengnttab_handle;
 static struct { int unused; } dummy_gnttab;
@@ -331,18 +397,44 @@ int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t count)
 void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid,
                               uint32_t ref, int prot)
 {
-    (void)xgt; (void)prot;
-    /* EXTENSION: mmap the ring file of domain `domid` (MAP_SHARED). */
-    LOG("xengnttab_map_grant_ref(dom %u, ref %u): not supported", domid, ref);
-    errno = ENOSYS;
-    return NULL;
+    char path[4096];
+    struct stat st;
+    void *page;
+    int fd, saved;
+
+    (void)xgt;
+    if (shim_path(path, sizeof(path), "domain-%u.ring", domid) < 0)
+        return NULL;
+    fd = real_open(path, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) {
+        LOG("xengnttab_map_grant_ref(dom %u, ref %u): %s: %s", domid, ref,
+            path, strerror(errno));
+        return NULL;
+    }
+    /* A short file would SIGBUS xenstored on the first access. */
+    if (fstat(fd, &st) < 0 || st.st_size < RING_PAGE) {
+        close(fd);
+        fprintf(stderr, SHIM ": %s is not a %d-byte ring page\n", path,
+                RING_PAGE);
+        errno = EINVAL;
+        return NULL;
+    }
+    page = mmap(NULL, RING_PAGE, prot, MAP_SHARED, fd, 0);
+    saved = errno;
+    close(fd);
+    if (page == MAP_FAILED) {
+        errno = saved;
+        return NULL;
+    }
+    LOG("xengnttab_map_grant_ref(dom %u, ref %u) -> %p", domid, ref, page);
+    return page;
 }
 
 int xengnttab_unmap(xengnttab_handle *xgt, void *start, uint32_t count)
 {
-    (void)xgt; (void)start; (void)count;
-    /* EXTENSION: munmap the ring mapped by xengnttab_map_grant_ref. */
-    return 0;
+    (void)xgt;
+    LOG("xengnttab_unmap(%p, %u)", start, count);
+    return munmap(start, (size_t)count * RING_PAGE);
 }
 
 /* ------------------------------------------------------------------------
@@ -351,9 +443,14 @@ int xengnttab_unmap(xengnttab_handle *xgt, void *start, uint32_t count)
  * xenstored binds dom0's port (from xsd_port) and VIRQ_DOM_EXC, notifies
  * ports after reading or writing a ring, and poll()s xenevtchn_fd() in its
  * main loop; when it is readable it calls xenevtchn_pending() then
- * xenevtchn_unmask(). Each handle owns a non-blocking pipe: a pending event
- * is a port number written to it (evtchn_raise). Standalone nothing raises
- * events, so the fd never becomes readable.
+ * xenevtchn_unmask(). The first handle reads the FIFO $XENSTORED_SHIM_DIR/
+ * evtchn (see the top of this file), so guest bridges can wake xenstored from
+ * another process; any further handle gets a private pipe. A pending event is
+ * a record written to it. With no guest, nothing is ever written and the fd
+ * never becomes readable.
+ *
+ * After waking up, xenstored scans every domain's ring whatever port was
+ * pending, so coalesced or spurious events lose nothing.
  * ------------------------------------------------------------------------ */
 
 typedef uint32_t evtchn_port_t;
@@ -362,23 +459,48 @@ typedef uint32_t evtchn_port_t;
 
 enum binding_kind { UNBOUND = 0, INTERDOMAIN, VIRQ };
 
+#define EVTCHN_REC_KIND 0xc0000000u
+#define EVTCHN_REC_VIRQ 0x40000000u
+#define EVTCHN_REC_PORT 0x80000000u
+
 struct binding {
     enum binding_kind kind;
     uint32_t domid;          /* INTERDOMAIN: the remote domain */
     evtchn_port_t remote;    /* INTERDOMAIN: the remote port */
     unsigned int virq;       /* VIRQ */
+    int notify_fd;           /* INTERDOMAIN guest: domain-N.evtchn, or -1 */
 };
 
 typedef struct xenevtchn_handle {
-    int rfd, wfd;            /* pending ports, as evtchn_port_t each */
+    int rfd, wfd;            /* pending records, a uint32_t each */
     struct binding ports[MAX_PORTS];  /* indexed by local port; 0 unused */
 } xenevtchn_handle;
 
-/* Mark a local port pending: wakes up the poll loop. 0 or -1.
- * Unused until the guest side (EXTENSION) raises events. */
+static int shared_fifo_taken;
+
+/* Mark a local port pending: wakes up the poll loop. 0 or -1. Kept for
+ * debugging from inside the daemon (e.g. under gdb). */
 static __attribute__((unused)) int evtchn_raise(xenevtchn_handle *h, evtchn_port_t port)
 {
-    return write(h->wfd, &port, sizeof(port)) == sizeof(port) ? 0 : -1;
+    uint32_t rec = EVTCHN_REC_PORT | port;
+
+    return write(h->wfd, &rec, sizeof(rec)) == sizeof(rec) ? 0 : -1;
+}
+
+/*
+ * Open $XENSTORED_SHIM_DIR/evtchn (creating the FIFO if the bridge has not),
+ * O_RDWR: a FIFO opened for reading only would report EOF, i.e. readable
+ * forever, whenever no guest holds it open, and xenstored would spin.
+ */
+static int open_shared_fifo(void)
+{
+    char path[4096];
+
+    if (shim_path(path, sizeof(path), "evtchn", 0) < 0)
+        return -1;
+    if (mkfifo(path, 0600) < 0 && errno != EEXIST)
+        return -1;
+    return real_open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
 }
 
 static int alloc_port(xenevtchn_handle *h, struct binding b)
@@ -404,9 +526,23 @@ xenevtchn_handle *xenevtchn_open(void *logger, unsigned int flags)
     h = calloc(1, sizeof(*h));
     if (!h)
         return NULL;
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
-        free(h);
-        return NULL;
+    fds[0] = shared_fifo_taken ? -1 : open_shared_fifo();
+    if (fds[0] >= 0) {
+        shared_fifo_taken = 1;
+        fds[1] = dup(fds[0]);
+        if (fds[1] < 0) {
+            close(fds[0]);
+            free(h);
+            return NULL;
+        }
+    } else {
+        if (!shared_fifo_taken)
+            fprintf(stderr, SHIM ": no guest event channel FIFO (%s); guest "
+                    "domains cannot be introduced\n", strerror(errno));
+        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+            free(h);
+            return NULL;
+        }
     }
     h->rfd = fds[0];
     h->wfd = fds[1];
@@ -424,7 +560,12 @@ xenevtchn_handle *xenevtchn_fdopen(void *logger, int fd, unsigned int flags)
 
 int xenevtchn_close(xenevtchn_handle *h)
 {
+    unsigned int p;
+
     if (h) {
+        for (p = 1; p < MAX_PORTS; p++)
+            if (h->ports[p].kind == INTERDOMAIN && h->ports[p].notify_fd >= 0)
+                close(h->ports[p].notify_fd);
         close(h->rfd);
         close(h->wfd);
         free(h);
@@ -440,7 +581,7 @@ int xenevtchn_fd(xenevtchn_handle *h)
 int xenevtchn_bind_interdomain(xenevtchn_handle *h, uint32_t domid,
                                evtchn_port_t remote_port)
 {
-    struct binding b = { INTERDOMAIN, domid, remote_port, 0 };
+    struct binding b = { INTERDOMAIN, domid, remote_port, 0, -1 };
     int port = alloc_port(h, b);
 
     LOG("xenevtchn_bind_interdomain(dom %u, remote %u) -> %d", domid,
@@ -450,7 +591,7 @@ int xenevtchn_bind_interdomain(xenevtchn_handle *h, uint32_t domid,
 
 int xenevtchn_bind_virq(xenevtchn_handle *h, unsigned int virq)
 {
-    struct binding b = { VIRQ, 0, 0, virq };
+    struct binding b = { VIRQ, 0, 0, virq, -1 };
     int port = alloc_port(h, b);
 
     LOG("xenevtchn_bind_virq(%u) -> %d", virq, port);
@@ -463,18 +604,47 @@ int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
         errno = EINVAL;
         return -1;
     }
+    if (h->ports[port].kind == INTERDOMAIN && h->ports[port].notify_fd >= 0)
+        close(h->ports[port].notify_fd);
     memset(&h->ports[port], 0, sizeof(h->ports[port]));
     return 0;
 }
 
 int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
 {
+    struct binding *b;
+    uint32_t rec;
+    int attempt;
+
     if (port == 0 || port >= MAX_PORTS || h->ports[port].kind == UNBOUND) {
         errno = EINVAL;
         return -1;
     }
-    /* EXTENSION: for an INTERDOMAIN port of a guest, signal the guest side.
-     * Dom0 has no kernel on the other end: nothing to do. */
+    b = &h->ports[port];
+    /* Dom0 has no kernel on the other end, and a VIRQ is never notified. */
+    if (b->kind != INTERDOMAIN || b->domid == 0)
+        return 0;
+    for (attempt = 0; attempt < 2; attempt++) {
+        if (b->notify_fd < 0) {
+            char path[4096];
+            if (shim_path(path, sizeof(path), "domain-%u.evtchn", b->domid) < 0)
+                return 0;
+            /* O_NONBLOCK: fails with ENXIO instead of blocking when no guest
+             * is reading; the event is then lost, as for a guest that is not
+             * running, and the bridge rescans the ring when it starts. */
+            b->notify_fd = real_open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC, 0);
+            if (b->notify_fd < 0)
+                return 0;
+        }
+        rec = port;
+        if (write(b->notify_fd, &rec, sizeof(rec)) == sizeof(rec)
+            || errno == EAGAIN)
+            return 0;   /* a full FIFO already holds a wake-up */
+        /* EPIPE (SIGPIPE is ignored by xenstored): the bridge went away and
+         * may have come back; reopen once. */
+        close(b->notify_fd);
+        b->notify_fd = -1;
+    }
     return 0;
 }
 
@@ -485,11 +655,26 @@ int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
  */
 int xenevtchn_pending(xenevtchn_handle *h)
 {
-    evtchn_port_t port;
+    uint32_t rec, p;
 
-    if (read(h->rfd, &port, sizeof(port)) != sizeof(port))
+    if (read(h->rfd, &rec, sizeof(rec)) != sizeof(rec))
         return 0;
-    return (int)port;
+    switch (rec & EVTCHN_REC_KIND) {
+    case EVTCHN_REC_PORT:
+        p = rec & ~EVTCHN_REC_KIND;
+        return p < MAX_PORTS ? (int)p : 0;
+    case EVTCHN_REC_VIRQ:
+        for (p = 1; p < MAX_PORTS; p++)
+            if (h->ports[p].kind == VIRQ
+                && h->ports[p].virq == (rec & ~EVTCHN_REC_KIND))
+                return (int)p;
+        return 0;
+    default:    /* a guest's domid: the port bound to it */
+        for (p = 1; p < MAX_PORTS; p++)
+            if (h->ports[p].kind == INTERDOMAIN && h->ports[p].domid == rec)
+                return (int)p;
+        return 0;
+    }
 }
 
 int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
