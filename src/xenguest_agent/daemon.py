@@ -117,6 +117,7 @@ class Daemon:
         if self.control is not None:
             self.control.learn(self.store)
         self.store.watch(UNIQUE_DOMAIN_ID, TOKEN_DOMAIN)
+        self.store.watch(DOMID, TOKEN_DOMAIN)
         if self.control is not None:
             self.store.watch(SHUTDOWN_KEY, TOKEN_SHUTDOWN)
         self.agent.forget()
