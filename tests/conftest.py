@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -16,6 +16,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+from support.toolstack import GuestDomain  # noqa: E402
 from support.xenstored import Xenstored, XenstoredError, build_shim, check_requirements  # noqa: E402
 
 
@@ -56,3 +57,45 @@ def xenstored_factory(tmp_path: Path, xenstored_shim: Path) -> Iterator[Callable
 def xenstored(xenstored_factory: Callable[..., Xenstored]) -> Xenstored:
     """A fresh real xenstored with default options, stopped at teardown."""
     return xenstored_factory()
+
+
+# --- the agent as a real unprivileged guest domain (issue 3) --------------------------------------
+
+@pytest.fixture
+def guest_domain_factory(
+        xenstored_factory: Callable[..., Xenstored]) -> Iterator[Callable[..., GuestDomain]]:
+    """Start a guest domain on its own real xenstored: ``guest_domain_factory(quota_nodes=50)``.
+
+    ``guest_domain_factory(domid=5, *, unique_domain_id=True, control_writable=True,
+    extra_keys=None, **xenstored_options)``: the first four go to the Toolstack (plain-xl mode
+    without unique-domain-id; libxl's read-only control/), the rest to Xenstored (quota_nodes,
+    quota_node_size, quota_watches, quota_transactions, ...). The domain is built and introduced;
+    connect the agent to ``.spec``. Everything is closed at teardown, before the daemons stop.
+    """
+    started: List[GuestDomain] = []
+
+    def start(domid: int = 5, *, unique_domain_id: bool = True, control_writable: bool = True,
+              extra_keys: Optional[Dict[str, str]] = None,
+              **xenstored_options: object) -> GuestDomain:
+        domains = tuple(xenstored_options.pop("domains", ())) + (domid,)  # type: ignore[arg-type]
+        daemon = xenstored_factory(domains=domains, **xenstored_options)
+        guest = GuestDomain(daemon, domid, unique_domain_id=unique_domain_id,
+                            control_writable=control_writable, extra_keys=extra_keys)
+        started.append(guest)
+        try:
+            return guest.start()
+        except Exception as exc:  # the bed is broken: a failure, never a skip
+            pytest.fail(f"guest domain {domid} did not start: {exc}\n"
+                        f"{daemon.log_path.read_text(errors='replace')[-2000:]}", pytrace=False)
+
+    yield start
+    for guest in started:
+        guest.close()
+
+
+@pytest.fixture
+def guest_domain(guest_domain_factory: Callable[..., GuestDomain]) -> GuestDomain:
+    """Domain 5 on a fresh real xenstored with default quotas, built and introduced like xenopsd
+    does: ``.spec`` for ``XenStore(spec)``, ``.domid``, ``.home``, ``.toolstack``, ``.bridge``,
+    ``.xenstored``."""
+    return guest_domain_factory()
