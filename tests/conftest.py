@@ -66,20 +66,22 @@ def guest_domain_factory(
         xenstored_factory: Callable[..., Xenstored]) -> Iterator[Callable[..., GuestDomain]]:
     """Start a guest domain on its own real xenstored: ``guest_domain_factory(quota_nodes=50)``.
 
-    ``guest_domain_factory(domid=5, *, unique_domain_id=True, control_writable=True,
-    extra_keys=None, **xenstored_options)``: the first four go to the Toolstack (plain-xl mode
-    without unique-domain-id; libxl's read-only control/), the rest to Xenstored (quota_nodes,
-    quota_node_size, quota_watches, quota_transactions, ...). The domain is built and introduced;
-    connect the agent to ``.spec``. Everything is closed at teardown, before the daemons stop.
+    ``guest_domain_factory(domid=5, *, kernel=None, unique_domain_id=True, control_writable=True,
+    extra_keys=None, **xenstored_options)``: ``kernel`` starts a guest kernel's shutdown watcher
+    ("linux", "freebsd", "freebsd-old", "none"; see support.toolstack.KERNELS); the next three go
+    to the Toolstack (plain-xl mode without unique-domain-id; libxl's read-only control/; extra
+    keys written in the home); the rest to Xenstored (quota_nodes, quota_node_size, quota_watches,
+    quota_transactions, ...). The domain is built and introduced; connect the agent to ``.spec``.
+    Everything is closed at teardown, before the daemons stop.
     """
     started: List[GuestDomain] = []
 
-    def start(domid: int = 5, *, unique_domain_id: bool = True, control_writable: bool = True,
-              extra_keys: Optional[Dict[str, str]] = None,
+    def start(domid: int = 5, *, kernel: Optional[str] = None, unique_domain_id: bool = True,
+              control_writable: bool = True, extra_keys: Optional[Dict[str, str]] = None,
               **xenstored_options: object) -> GuestDomain:
         domains = tuple(xenstored_options.pop("domains", ())) + (domid,)  # type: ignore[arg-type]
         daemon = xenstored_factory(domains=domains, **xenstored_options)
-        guest = GuestDomain(daemon, domid, unique_domain_id=unique_domain_id,
+        guest = GuestDomain(daemon, domid, kernel=kernel, unique_domain_id=unique_domain_id,
                             control_writable=control_writable, extra_keys=extra_keys)
         started.append(guest)
         try:

@@ -339,3 +339,45 @@ def test_dom0_client_reports_errors_by_name(guest_domain: GuestDomain) -> None:
     with pytest.raises(XenStoreRefused) as info:
         guest_domain.toolstack.client.set_perms("/no/such/node", ["n0"])
     assert info.value.errno == errno.ENOENT
+
+
+def test_destroyed_domain_loses_its_connection_and_nodes(guest_domain: GuestDomain,
+                                                         store: XenStore) -> None:
+    store.write("data/mine", "1")
+    dom0 = guest_domain.toolstack.client
+    guest_domain.toolstack.destroy(remove_home=False)
+    deadline = time.monotonic() + EVENT_WAIT
+    while dom0.is_introduced(5) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not dom0.is_introduced(5)
+    assert dom0.read(f"{guest_domain.home}/data/mine") is None  # xenstored deleted it
+    assert dom0.read(f"{guest_domain.home}/name") == "guest-5"  # dom0's node stays
+
+
+# --- the guest kernel's part ---------------------------------------------------------------------
+
+def test_linux_kernel_acknowledges_what_it_handles(guest_domain_factory) -> None:
+    guest = guest_domain_factory(kernel="linux")
+    toolstack, dom0 = guest.toolstack, guest.toolstack.client
+    for name in ("poweroff", "reboot", "suspend"):
+        assert dom0.read(f"{guest.home}/control/feature-{name}") == "1"
+    assert dom0.read(f"{guest.home}/control/feature-halt") is None
+    assert toolstack.shutdown("poweroff", timeout=1.0) is True
+    assert toolstack.shutdown("garbage", timeout=0.2) is False  # ignored, never acknowledged
+    assert dom0.read(f"{guest.home}/control/shutdown") == "garbage"
+    assert guest.kernel is not None and guest.kernel.taken() == ["poweroff"]
+
+
+def test_kernel_keeps_handling_after_migration_but_its_flags_are_gone(guest_domain_factory) -> None:
+    guest = guest_domain_factory(kernel="linux")
+    guest.toolstack.simulate_migration()
+    assert guest.toolstack.client.read(f"{guest.home}/control/feature-poweroff") is None
+    assert guest.toolstack.shutdown("reboot", timeout=1.0) is True
+
+
+def test_freebsd_kernel_advertises_nothing(guest_domain_factory) -> None:
+    guest = guest_domain_factory(kernel="freebsd")
+    assert sorted(guest.toolstack.client.ls(f"{guest.home}/control") or []) == [
+        "has-vendor-device", "platform-feature-multiprocessor-suspend",
+        "platform-feature-xs_reset_watches"]
+    assert guest.toolstack.shutdown("halt", timeout=1.0) is True

@@ -183,7 +183,8 @@ class GuestBridge:
         self._out = bytearray()            # bytes not yet copied into the request ring
         self._in = bytearray()             # bytes read from the response ring, not yet parsed
         self._held: List[Tuple[_Client, bytes]] = []  # requests clients sent while suspended
-        self._suspended = False
+        self._suspended = False   # no new requests go out
+        self._frozen = False      # suspended and drained: the ring is not touched at all
         self._broken: Optional[str] = None
         self.requests_sent = 0
         self.watch_events = 0
@@ -287,10 +288,12 @@ class GuestBridge:
     # --- what the guest kernel does around a suspend ---------------------------------------
 
     def suspend(self, timeout: float = 5.0) -> None:
-        """Stop sending (clients' requests are held) and wait until no reply is outstanding.
+        """Stop sending (clients' requests are held), wait until no reply is outstanding, then
+        stop touching the ring.
 
-        Like Linux's xs_suspend(): after it returns the toolstack may re-introduce or release the
-        domain without losing a reply half-way.
+        Like Linux's xs_suspend() followed by the vCPUs stopping: after it returns the toolstack
+        may re-introduce or release the domain. Watch events xenstored queues meanwhile are lost
+        with the old connection, which is why resume() re-registers every watch.
         """
         self._call(self._do_suspend)
         deadline = time.monotonic() + timeout
@@ -408,7 +411,7 @@ class GuestBridge:
     # --- the ring ---------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        if self._broken:
+        if self._broken or self._frozen:
             return
         self._write_ring()
         self._read_ring()
@@ -665,7 +668,14 @@ class GuestBridge:
         self._suspended = True
 
     def _drained(self) -> bool:
-        return not self._pending and not self._out
+        """True once nothing is outstanding; from then on the ring is left alone, as by a
+        suspended guest whose vCPUs no longer run. That matters: the re-introduce zeroes the
+        indexes, and a consumer index stored after that would put the ring out of step for good
+        (xenstored ignores a domain whose producer and consumer are more than 1,024 apart)."""
+        if self._pending or self._out:
+            return False
+        self._frozen = True
+        return True
 
     def _describe_pending(self) -> str:
         return f"{len(self._pending)} request(s) and {len(self._out)} unsent byte(s)"
@@ -673,7 +683,8 @@ class GuestBridge:
     def _do_resume(self) -> None:
         if not self._suspended:
             raise BridgeError("not suspended")
-        # The introduce zeroed the indexes; a reply half-read before it is gone for good.
+        # The introduce zeroed the indexes; a reply or event half-read before it is gone.
+        self._frozen = False
         self._in.clear()
         self._out.clear()
         for pending in self._pending.values():  # suspend() timed out: these never come back

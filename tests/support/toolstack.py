@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -82,6 +83,9 @@ def xenopsd_perms(domid: int, writable: bool) -> Tuple[str, ...]:
 
 class Dom0Client:
     """A minimal synchronous client of xenstored's unix socket (dom0: no permission checks).
+
+    It speaks the plain wire protocol, so connected to a GuestBridge socket it is the guest
+    instead (GuestKernel uses it that way).
 
     Independent of the agent's adapter on purpose: the toolstack must not share the code under
     test. Watch events that arrive while waiting for a reply are kept for ``wait_event()``.
@@ -409,9 +413,10 @@ class Toolstack:
             bridge.resume()
         return uid
 
-    def destroy(self) -> None:
+    def destroy(self, remove_home: bool = True) -> None:
         """Destroy the domain: the shim reports it dying and xenstored, told by VIRQ_DOM_EXC,
-        drops its connection; then xenopsd removes the home (Domain.destroy)."""
+        drops its connection and the nodes the domain owns (asynchronously: poll
+        ``client.is_introduced``); then xenopsd removes the home (Domain.destroy)."""
         shim_dir = Path(self.xenstored.proc_xen_dir)
         (shim_dir / f"domain-{self.domid}.dying").touch()
         fd = os.open(shim_dir / "evtchn", os.O_RDWR | os.O_NONBLOCK)
@@ -419,17 +424,115 @@ class Toolstack:
             os.write(fd, struct.pack("=I", 0x40000000 | 3))  # VIRQ_DOM_EXC
         finally:
             os.close(fd)
-        self.client.rm(self.home)
+        if remove_home:
+            self.client.rm(self.home)
+
+
+#: What each guest kernel handles and acknowledges on control/shutdown, and the control/feature-*
+#: flags it writes once at boot. Linux: drivers/xen/manage.c (shutdown_handlers; "suspend" needs
+#: CONFIG_HIBERNATE_CALLBACKS, on in distribution kernels). FreeBSD: sys/dev/xen/control/control.c,
+#: which advertises nothing; FreeBSD before the fix acknowledged only "suspend".
+KERNELS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    "linux": (("poweroff", "halt", "reboot", "suspend"), ("poweroff", "reboot", "suspend")),
+    "freebsd": (("poweroff", "halt", "reboot", "suspend"), ()),
+    "freebsd-old": (("suspend",), ()),
+    "none": ((), ()),  # an HVM guest without PV drivers: nothing watches control/shutdown
+}
+
+
+class GuestKernel:
+    """The guest kernel's shutdown watcher, as a client of the guest's ring (the bridge socket).
+
+    Like Linux's shutdown_handler(): on every event, in a transaction, read control/shutdown,
+    ignore an empty value, write "" for a command it handles (unknown ones are left alone), retry
+    the transaction on EAGAIN, then "perform" the action: here it is appended to ``actions``.
+    The feature flags are written once at start, never again: after a migration they are gone
+    until the agent writes them back. Writes refused with EACCES (libxl's read-only control/) are
+    ignored, as the kernel does.
+    """
+
+    def __init__(self, bridge: GuestBridge, flavour: str = "linux") -> None:
+        if flavour not in KERNELS:
+            raise ValueError(f"unknown kernel flavour {flavour!r}: one of {sorted(KERNELS)}")
+        self.flavour = flavour
+        self.handles, self.features = KERNELS[flavour]
+        self.client = Dom0Client(bridge.socket_path)
+        self.actions: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "GuestKernel":
+        for name in self.features:
+            try:
+                self.client.write(f"control/feature-{name}", "1")
+            except XenStoreRefused as exc:
+                if exc.errno != errno.EACCES:
+                    raise
+        if self.handles:
+            self.client.watch("control/shutdown", "kernel-shutdown")
+            self._thread = threading.Thread(target=self._run, name=f"kernel-{self.flavour}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self.client.close()
+
+    def taken(self) -> List[str]:
+        with self._lock:
+            return list(self.actions)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.client.wait_event(0.05) is not None:
+                    self._handle()
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                time.sleep(0.05)  # the bridge is suspended or the domain gone: keep watching
+
+    def _handle(self) -> None:
+        while True:
+            tx = self.client.transaction_start()
+            try:
+                value = self.client.read("control/shutdown", tx)
+                handled = bool(value) and value in self.handles
+                if handled:  # "Only acknowledge commands which we are prepared to handle"
+                    self.client.write("control/shutdown", "", tx)
+            except XenStoreRefused:
+                value = None
+            if not value:  # "Ignore read errors and empty reads"
+                self._abort(tx)
+                return
+            if self.client.transaction_end(tx, commit=True):
+                break
+        if handled:
+            with self._lock:
+                self.actions.append(value)
+
+    def _abort(self, tx: int) -> None:
+        try:
+            self.client.transaction_end(tx, commit=False)
+        except XenStoreRefused:
+            pass  # ended already (EAGAIN after a resume)
 
 
 class GuestDomain:
     """A real xenstored, a toolstack and the guest's ring for one unprivileged domain.
 
     ``spec`` is what the agent connects to (``XenStore(spec)``): it is domain ``domid``, with
-    relative paths under ``home``, permissions checked and quotas applied.
+    relative paths under ``home``, permissions checked and quotas applied. ``kernel`` names a
+    guest kernel flavour (KERNELS) whose shutdown watcher runs on the same ring; None for none.
     """
 
-    def __init__(self, xenstored: Xenstored, domid: int = 5, **toolstack_options: object) -> None:
+    def __init__(self, xenstored: Xenstored, domid: int = 5, kernel: Optional[str] = None,
+                 **toolstack_options: object) -> None:
         if domid not in xenstored.domains:
             raise ValueError(f"xenstored must be started with domains=({domid},): permissions "
                              "naming an unknown domain are ignored")
@@ -437,6 +540,9 @@ class GuestDomain:
         self.domid = domid
         self.bridge = GuestBridge(xenstored.proc_xen_dir, domid)
         self.toolstack = Toolstack(xenstored, domid, self.bridge, **toolstack_options)
+        #: The guest kernel's shutdown watcher (a KERNELS flavour), or None: no one but the
+        #: agent handles control/shutdown.
+        self.kernel = GuestKernel(self.bridge, kernel) if kernel else None
 
     @property
     def spec(self) -> str:
@@ -450,12 +556,16 @@ class GuestDomain:
         self.bridge.start()
         try:
             self.toolstack.create()
+            if self.kernel is not None:
+                self.kernel.start()
         except BaseException:
-            self.bridge.close()
+            self.close()
             raise
         return self
 
     def close(self) -> None:
+        if self.kernel is not None:
+            self.kernel.stop()
         self.toolstack.close()
         self.bridge.close()
 
@@ -466,5 +576,5 @@ class GuestDomain:
         self.close()
 
 
-__all__ = ["Dom0Client", "GUEST_WRITABLE", "GuestDomain", "PLATFORM_FEATURES", "SHUTDOWN_REASONS",
+__all__ = ["Dom0Client", "GUEST_WRITABLE", "GuestDomain", "GuestKernel", "KERNELS", "PLATFORM_FEATURES", "SHUTDOWN_REASONS",
            "Toolstack", "XenStoreRefused", "xenopsd_perms"]
