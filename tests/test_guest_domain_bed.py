@@ -151,8 +151,8 @@ def test_empty_value_is_written_through_the_ring(guest_domain: GuestDomain, stor
 
 
 def test_many_round_trips_wrap_the_ring_and_stay_in_order(store: XenStore) -> None:
-    # ~200 KB each way: the free-running indexes go round the 1,024-byte rings ~200 times, and
-    # every 1,500-byte request and reply is split across the wrap point.
+    # ~100 KB each way: the free-running indexes go round each 1,024-byte ring ~100 times, and
+    # every 1,500-byte request and reply is streamed in pieces across the wrap point.
     for i in range(70):
         value = f"{i:04d}" + "z" * 1496
         store.write(f"data/v{i % 3}", value)

@@ -166,6 +166,10 @@ class Dom0Client:
             message = self._read_message(timeout)
         return None
 
+    def drop_events(self) -> None:
+        """Forget watch events not yet taken (e.g. of a watch just removed)."""
+        self._events.clear()
+
     # --- node operations (tx 0 unless given) ---------------------------------------------
 
     def read(self, path: str, tx: int = 0) -> Optional[str]:
@@ -372,7 +376,7 @@ class Toolstack:
                 self.client.wait_event(remaining)
         finally:
             self.client.unwatch(path, token)
-            self.client._events.clear()
+            self.client.drop_events()
 
     def shutdown(self, reason: str, timeout: float = 60.0) -> bool:
         self.request_shutdown(reason)
@@ -389,7 +393,10 @@ class Toolstack:
         """A save/restore on the same host with the same tree: the guest kernel quiesces its
         ring, the toolstack re-introduces the domain (xenstored resets the connection), the
         kernel re-registers its watches (each fires once) and a transaction that spanned the
-        suspend fails with EAGAIN. The tree and unique-domain-id stay."""
+        suspend fails with EAGAIN. The tree and unique-domain-id stay.
+
+        Only the XenStore side: the ``control/shutdown`` = ``suspend`` handshake that starts a
+        real suspend is the caller's (``shutdown("suspend")``), so tests can run either alone."""
         bridge = self._need_bridge()
         bridge.suspend()
         try:
