@@ -242,13 +242,22 @@ def test_shutdown_request_is_acknowledged_by_an_empty_write(guest_domain: GuestD
     assert toolstack.wait_for_ack(timeout=1.0) is True
 
 
-def test_read_only_control_refuses_the_guests_writes(guest_domain_factory) -> None:
+def test_libxl_read_only_control_refuses_new_keys(guest_domain_factory) -> None:
     guest = guest_domain_factory(control_writable=False)
     store = connect(guest.spec)
     try:
-        assert refused(lambda: store.write("control/feature-poweroff", "1")) == errno.EACCES
+        assert guest.toolstack.client.get_perms(f"{guest.home}/control") == ["n0", "r5"]
+        assert refused(lambda: store.write("control/feature-balloon", "1")) == errno.EACCES
+        # A trap: the guest may remove a pre-created node, but never create it again.
+        store.rm("control/feature-s4")
+        assert refused(lambda: store.write("control/feature-s4", "1")) == errno.EACCES
+        store.write("control/feature-poweroff", "1")  # pre-created writable by libxl
         assert store.read("control/platform-feature-xs_reset_watches") == "1"
         store.write("data/still", "fine")
+        # The request is a plain write, so the guest can still acknowledge it.
+        guest.toolstack.request_shutdown("reboot")
+        store.write("control/shutdown", "")
+        assert guest.toolstack.wait_for_ack(timeout=1.0) is True
     finally:
         store.close()
 

@@ -58,6 +58,10 @@ PLATFORM_FEATURES = {
     "control/has-vendor-device": "0",
 }
 SHUTDOWN_REASONS = ("poweroff", "reboot", "halt", "suspend", "s3")
+#: Under libxl control/ itself is read-only to the guest, and only these nodes in it are made
+#: writable (empty) at creation (libxl_create.c, libxl__domain_make; feature-s3/s4 for HVM).
+LIBXL_CONTROL_RW = ("shutdown", "feature-poweroff", "feature-reboot", "feature-suspend",
+                    "feature-s3", "feature-s4", "sysrq")
 
 #: The "mfn" given in XS_INTRODUCE. 4.17 maps the ring by grant reference and ignores it, but
 #: compares it on a re-introduce of a live domain, so it must stay the same for a domain.
@@ -245,8 +249,10 @@ class Toolstack:
     """xenopsd's part for domain ``domid``: build the home, introduce, ask for shutdowns,
     suspend/resume and migrate. ``bridge`` (the guest's kernel side) is needed for the last two.
 
-    ``unique_domain_id=False`` is plain xl (libxl writes none); ``control_writable=False`` gives
-    the guest a read-only ``control/`` as libxl can, so writes there fail with EACCES.
+    ``unique_domain_id=False`` is plain xl (libxl writes none); ``control_writable=False`` lays
+    out ``control/`` as libxl does: read-only to the guest except the pre-created, empty nodes of
+    LIBXL_CONTROL_RW, so any other write there fails with EACCES; shutdown requests are then
+    plain writes, like libxl's (a remove and re-create would lose the node's permissions).
     """
 
     def __init__(self, xenstored: Xenstored, domid: int, bridge: Optional[GuestBridge] = None, *,
@@ -286,9 +292,12 @@ class Toolstack:
                 c.mkdir(f"{home}/{d}", tx)
                 c.set_perms(f"{home}/{d}", xenopsd_perms(domid, writable=False), tx)
             if not self.control_writable:
-                # libxl: control/ itself read-only to the guest (roperm).
                 c.mkdir(f"{home}/control", tx)
                 c.set_perms(f"{home}/control", xenopsd_perms(domid, writable=False), tx)
+                for name in LIBXL_CONTROL_RW:
+                    c.write(f"{home}/control/{name}", "", tx)
+                    c.set_perms(f"{home}/control/{name}", xenopsd_perms(domid, writable=True),
+                                tx)
             for d in writable:
                 c.mkdir(f"{home}/{d}", tx)
                 c.set_perms(f"{home}/{d}", xenopsd_perms(domid, writable=True), tx)
@@ -348,8 +357,12 @@ class Toolstack:
     def request_shutdown(self, reason: str) -> None:
         """Domain.shutdown: in one transaction, fail if the home is gone, remove control/shutdown
         ("the guest may well still shutdown for the previous reason... give it a kick again")
-        and write the reason. Any string is accepted, so tests can send garbage."""
+        and write the reason. Any string is accepted, so tests can send garbage. In libxl
+        layout (control_writable=False) a plain write instead."""
         path = f"{self.home}/control/shutdown"
+        if not self.control_writable:
+            self.client.write(path, reason)  # libxl__domain_pvcontrol: one plain write
+            return
 
         def ask(tx: int) -> None:
             if self.client.read(self.home, tx) is None:
@@ -583,5 +596,6 @@ class GuestDomain:
         self.close()
 
 
-__all__ = ["Dom0Client", "GUEST_WRITABLE", "GuestDomain", "GuestKernel", "KERNELS", "PLATFORM_FEATURES", "SHUTDOWN_REASONS",
+__all__ = ["Dom0Client", "GUEST_WRITABLE", "GuestDomain", "GuestKernel", "KERNELS",
+           "LIBXL_CONTROL_RW", "PLATFORM_FEATURES", "SHUTDOWN_REASONS",
            "Toolstack", "XenStoreRefused", "xenopsd_perms"]
