@@ -107,6 +107,19 @@ def os_info_from_release(fields: Dict[str, str], kernel: str) -> Optional[OsInfo
                   major=major, minor=minor, kernel=kernel)
 
 
+# --- resolv.conf(5); shared by Linux and FreeBSD ------------------------------------------------
+
+def parse_resolv_domain(text: str) -> Optional[str]:
+    """The DNS domain from resolv.conf(5): ``domain`` and ``search`` are mutually
+    exclusive and the last of them wins; of a search list, the first entry."""
+    chosen = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("domain", "search"):
+            chosen = parts[1]
+    return chosen.rstrip(".") if chosen and chosen != "." else None
+
+
 def is_link_local(address: str) -> bool:
     """169.254/16 and fe80::/10: reported after global addresses."""
     try:

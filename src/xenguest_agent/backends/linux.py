@@ -12,7 +12,8 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
-from xenguest_agent.backends.base import os_info_from_release, parse_os_release, split_version
+from xenguest_agent.backends.base import (  # parse_resolv_domain: re-exported, shared with FreeBSD
+    os_info_from_release, parse_os_release, parse_resolv_domain, split_version)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
 
@@ -87,17 +88,6 @@ def parse_lsb_release(text: str, kernel: str) -> Optional[OsInfo]:
     major, minor = split_version(fields.get("DISTRIB_RELEASE", ""))
     name = fields.get("DISTRIB_DESCRIPTION") or f"{fields['DISTRIB_ID']} {fields.get('DISTRIB_RELEASE', '')}".strip()
     return OsInfo(name=name, distro=ident, major=major, minor=minor, kernel=kernel)
-
-
-def parse_resolv_domain(text: str) -> Optional[str]:
-    """The DNS domain from resolv.conf(5): ``domain`` and ``search`` are mutually
-    exclusive and the last of them wins; of a search list, the first entry."""
-    chosen = None
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in ("domain", "search"):
-            chosen = parts[1]
-    return chosen.rstrip(".") if chosen and chosen != "." else None
 
 
 def vif_from_nodename(nodename: Optional[str]) -> Optional[int]:
