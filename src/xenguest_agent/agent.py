@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from xenguest_agent import __version__, schema
 from xenguest_agent.backends.base import Backend
@@ -102,8 +102,12 @@ class Agent:
         self._last_good[name] = value
         return value
 
-    def collect(self) -> Facts:
-        values = {name: self._run_collector(name) for name in COLLECTORS}
+    def collect(self, only: Optional[Iterable[str]] = None) -> Facts:
+        """Run the collectors (all, or those named in ``only``: the others keep
+        their last good value, e.g. a memory tick does not rescan interfaces)."""
+        wanted = set(COLLECTORS if only is None else only)
+        values = {name: (self._run_collector(name) if name in wanted or name not in self._last_good
+                         else self._last_good[name]) for name in COLLECTORS}
         return Facts(tools=self.tools, os=values["os"], memory=values["memory"],  # type: ignore[arg-type]
                      interfaces=values["interfaces"], capabilities=values["capabilities"],  # type: ignore[arg-type]
                      names=values["names"])  # type: ignore[arg-type]
@@ -159,10 +163,12 @@ class Agent:
         self._memory_published = None
 
     def publish(self, store: XenStore, publisher: Publisher,
-                extra: Optional[Dict[str, str]] = None) -> PublishResult:
+                extra: Optional[Dict[str, str]] = None,
+                only: Optional[Iterable[str]] = None) -> PublishResult:
         """One round: collect, render, hysteresis, publish the difference.
-        ``extra``: keys from elsewhere (control/feature-* flags)."""
-        facts = self.collect()
+        ``extra``: keys from elsewhere (control/feature-* flags); ``only``:
+        the collectors to re-run (default all)."""
+        facts = self.collect(only)
         desired = self.render(facts, self._mac_directory(store, facts))
         desired.update(extra or {})
         self._apply_memory_hysteresis(facts, desired)

@@ -23,6 +23,7 @@ from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import (FREEBSD_CONFIG_PATH, LINUX_CONFIG_PATH, LOG_LEVELS, Config,
                                    ConfigError, load_config)
+from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,11 @@ def _setup_logging(level: str) -> None:
 
 def _backend(args: argparse.Namespace, os_name: str) -> Backend:
     host = Host(args.root)
-    addresses = None if host.is_live else CapturedAddresses(host)
+    if not host.is_live:  # a captured tree answers commands from its _commands/ (fixture.py)
+        host = Host(args.root, FixtureRunner(args.root))
+    # Linux trees capture `ip -json address` as a file; FreeBSD trees capture `ifconfig -a`,
+    # which the FreeBSD backend reads addresses from when given no address source.
+    addresses = None if host.is_live or os_name == "freebsd" else CapturedAddresses(host)
     return select_backend(os_name, host, addresses)
 
 

@@ -116,6 +116,10 @@ class Control:
                 log.info("shutdown request %r acknowledged by the guest kernel after %.2fs",
                          self.pending.value, self.clock() - self.pending.seen_at)
                 self.pending = None
+            elif value == "":
+                # the kernel acknowledges within microseconds, usually before this
+                # process sees the request at all (the watch says only "changed")
+                log.debug("control/shutdown is acknowledged (a request the kernel handled)")
             return
         if value not in REQUESTS:
             self._refuse(value)

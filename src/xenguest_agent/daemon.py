@@ -237,9 +237,15 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         """Publish, then (unless ``once``) keep publishing until stopped.
 
-        The store must already be connected; the first session's errors propagate
-        so the CLI can exit with a clear message."""
-        self._start_session()
+        The store must already be connected.  If XenStore is unreachable at the
+        start the error propagates (the CLI exits 69 and says why); a refusal
+        is logged and the loop retries."""
+        try:
+            self._start_session()
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            log.warning("first publish incomplete: %s; retrying each round", exc)
         if once:
             return 0
         poll = self.config.poll_interval

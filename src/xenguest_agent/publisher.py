@@ -170,7 +170,22 @@ class Publisher:
                 state[path] = value
             return result, state
 
-        result, state = self.store.transact(work)  # type: ignore[misc]
+        try:
+            result, state = self.store.transact(work)  # type: ignore[misc]
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            if exc.errno not in KEY_ERRORS:
+                raise
+            # C xenstored checks the node quota when a transaction commits, so one
+            # key over the quota fails the whole batch (ENOSPC at TRANSACTION_END).
+            # Publish key by key instead: everything that fits lands, and each
+            # refused key is logged once by name.
+            if ("<commit>", exc.errno) not in self._logged_refusals:
+                self._logged_refusals.add(("<commit>", exc.errno))
+                log.warning("xenstored refused the whole batch at commit (%s): a quota is "
+                            "reached; publishing key by key", exc)
+            result, state = work(Transaction(self.store, 0))
         self._published = state
         if result.changed:
             log.info("published: %d written, %d removed%s", len(result.written), len(result.removed),

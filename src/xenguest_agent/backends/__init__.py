@@ -23,4 +23,7 @@ def select_backend(os_name: str, host: Host, addresses: Optional[object] = None)
     if name == "linux":
         from xenguest_agent.backends.linux import LinuxBackend
         return LinuxBackend(host, addresses)
+    if name == "freebsd":
+        from xenguest_agent.backends.freebsd import FreeBSDBackend
+        return FreeBSDBackend(host, addresses)  # type: ignore[arg-type]
     raise UnsupportedOS(f"no backend for {os_name!r} (supported: {', '.join(SUPPORTED)})")

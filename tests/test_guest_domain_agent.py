@@ -1,0 +1,246 @@
+"""The agent as a real unprivileged guest domain: Debian's xenstored enforces
+permissions and quotas on it, a guest-side ring bridge carries its requests,
+and a xenopsd-like toolstack asks for shutdowns and migrates it (see
+tests/support/toolstack.py).  The agent is the real CLI in a subprocess."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support.guestroot import GuestRoot
+
+from xenguest_agent import cli
+
+
+def wait_for(predicate, timeout=5.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def leaves(tree):
+    return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
+
+
+def script(path, body):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+    return path
+
+
+class Agent:
+    """The CLI daemon connected through the guest's ring bridge."""
+
+    def __init__(self, guest, tmp_path, mode="auto", grace=0.3, poll=0.2):
+        self.guest = guest
+        self.root = GuestRoot(tmp_path / "guest")
+        self.marks = tmp_path / "marks"
+        self.marks.mkdir(exist_ok=True)
+        etc = tmp_path / "etc"
+        poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {self.marks}/actions\n")
+        for event in ("post-resume", "post-migrate"):
+            script(etc / "hooks" / event / "10-record",
+                   f"echo \"$1 $XENGUEST_OLD_UNIQUE_DOMAIN_ID $XENGUEST_UNIQUE_DOMAIN_ID\" >> {self.marks}/hooks\n")
+        config = etc / "config.yaml"
+        config.write_text(f"poll_interval: {poll}\ncontrol:\n  mode: {mode}\n  grace: {grace}\n"
+                          f"  commands:\n    poweroff: [{poweroff}]\n")
+        self.log = tmp_path / "agent.log"
+        self.argv = [sys.executable, "-m", "xenguest_agent", "run", "--xenstore", guest.spec,
+                     "--root", str(self.root.root), "--os", "linux", "--config", str(config),
+                     "--log-level", "debug"]
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv, stderr=open(self.log, "a"))
+        assert wait_for(lambda: self.read("data/updated") == "1"), self.log.read_text()[-3000:]
+        return self
+
+    def read(self, relative):
+        return self.guest.xenstored.read(f"{self.guest.home}/{relative}")
+
+    def tree(self):
+        return leaves(self.guest.xenstored.dump(self.guest.home))
+
+    def actions(self):
+        path = self.marks / "actions"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def hooks(self):
+        path = self.marks / "hooks"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    agents = []
+
+    def make(guest, **options):
+        agent = Agent(guest, tmp_path, **options)
+        agents.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in agents:
+        if agent.alive():
+            assert agent.stop() == 0, agent.log.read_text()[-3000:]
+
+
+def expected_keys(agent, capsys):
+    assert cli.main(["show", "--root", str(agent.root.root), "--os", "linux", "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_keys_land_in_the_guests_home_exactly(guest_domain, make_agent, capsys):
+    agent = make_agent(guest_domain)
+    tree = agent.tree()
+    expected = expected_keys(agent, capsys)
+    assert {k: tree[k] for k in expected} == expected
+    assert guest_domain.home == "/local/domain/5"
+    # nothing of the agent's outside its home
+    assert guest_domain.xenstored.read("/local/domain/0/data/updated") is None
+
+
+def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path):
+    guest = guest_domain_factory(quota_nodes=38)
+    agent = Agent(guest, tmp_path)
+    agent.proc = subprocess.Popen(agent.argv, stderr=open(agent.log, "a"))
+    assert wait_for(lambda: "refused to write" in agent.log.read_text(), timeout=5)
+    time.sleep(0.5)
+    assert agent.alive()
+    log = agent.log.read_text()
+    assert "No space left on device" in log or "ENOSPC" in log
+    assert agent.read("attr/PVAddons/MajorVersion") == "0"  # what fits is published
+    refusals = [line for line in log.splitlines() if "refused to write" in line]
+    assert len(refusals) == len(set(refusals))  # each refused key logged once
+    assert agent.stop() == 0
+
+
+def test_read_only_control_is_tolerated(guest_domain_factory, make_agent):
+    guest = guest_domain_factory(control_writable=False)
+    agent = make_agent(guest)
+    assert agent.read("data/os_distro") == "debian"
+    assert agent.read("attr/vif/0/ipv4/0") == "10.0.0.2"
+    assert agent.read("control/feature-balloon") is None
+    assert "refused to write control/feature-balloon" in agent.log.read_text()
+
+
+def test_writing_outside_the_home_is_refused(guest_domain):
+    from xenguest_agent.xenstore import XenStore, XenStoreError
+    store = XenStore(guest_domain.spec)
+    store.connect()
+    try:
+        with pytest.raises(XenStoreError) as caught:
+            store.write("/local/domain/0/data/x", "1")
+        assert caught.value.errno == 13  # EACCES
+    finally:
+        store.close()
+
+
+def test_fallback_acknowledges_and_acts_within_a_second(guest_domain_factory, make_agent):
+    guest = guest_domain_factory(kernel="none")
+    agent = make_agent(guest)
+    sent = time.monotonic()
+    guest.toolstack.request_shutdown("poweroff")
+    assert guest.toolstack.wait_for_ack(timeout=2.0)
+    assert time.monotonic() - sent < 1.0
+    assert wait_for(lambda: agent.actions() == ["poweroff"], timeout=2)
+
+
+def test_kernel_mode_leaves_it_to_the_kernel(guest_domain_factory, make_agent):
+    guest = guest_domain_factory(kernel="linux")
+    agent = make_agent(guest)
+    guest.toolstack.request_shutdown("poweroff")
+    assert guest.toolstack.wait_for_ack(timeout=2.0)
+    time.sleep(0.8)  # past the grace period
+    assert guest.kernel.taken() == ["poweroff"]
+    assert agent.actions() == []  # the kernel acknowledged first: the agent did nothing
+
+
+def test_migration_every_key_back_within_a_second(guest_domain_factory, make_agent, capsys):
+    guest = guest_domain_factory(kernel="linux")
+    agent = make_agent(guest)
+    before = agent.tree()
+    assert before["control/feature-poweroff"] == "1"  # the kernel's, at boot
+    old_uid = guest.toolstack.unique_domain_id
+    new_uid = guest.toolstack.simulate_migration()
+    assert new_uid != old_uid
+    started = time.monotonic()
+    expected = expected_keys(agent, capsys)
+    assert wait_for(lambda: all(agent.read(k) == v for k, v in expected.items()), timeout=3)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"keys back after {elapsed:.2f}s"
+    # the kernel does not write its feature flags again; the agent does
+    assert wait_for(lambda: agent.read("control/feature-poweroff") == "1")
+    assert agent.read("control/feature-suspend") == "1"
+    assert wait_for(lambda: agent.hooks() == [f"post-resume {old_uid} {new_uid}"])
+
+
+def test_suspend_resume_in_place_keeps_everything(guest_domain, make_agent):
+    agent = make_agent(guest_domain)
+    before = agent.tree()
+    guest_domain.toolstack.simulate_suspend_resume()
+    agent.root.set_addresses("eth0", ["10.0.0.2", "10.0.0.9"])
+    assert wait_for(lambda: agent.read("attr/vif/0/ipv4/1") == "10.0.0.9", timeout=3)
+    after = agent.tree()
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert agent.alive()
+
+
+def test_a_hundred_random_faults_leave_the_agent_running_and_the_tree_complete(
+        guest_domain_factory, make_agent, capsys):
+    """Suspend/resume (in-flight transactions fail with EAGAIN), migration (a
+    fresh tree), permission flips (EACCES), conflicting writes by the toolstack
+    and quota pressure, while the guest's facts keep changing."""
+    guest = guest_domain_factory(kernel="linux", quota_nodes=120)
+    agent = make_agent(guest, poll=0.05)
+    rng = random.Random(20261123)
+    toolstack, home, xs = guest.toolstack, guest.home, guest.xenstored
+    counts = {}
+    for step in range(100):
+        fault = rng.choice(["suspend", "migrate", "chmod", "conflict", "quota", "facts"])
+        counts[fault] = counts.get(fault, 0) + 1
+        agent.root.set_addresses("eth0", [f"10.0.{step % 250}.{n + 1}" for n in range(rng.randint(1, 6))])
+        if fault == "suspend":
+            toolstack.simulate_suspend_resume()
+        elif fault == "migrate":
+            toolstack.simulate_migration()
+        elif fault == "chmod":
+            xs.chmod(f"{home}/attr", "n0", f"r{guest.domid}", recursive=True)
+            time.sleep(rng.uniform(0, 0.1))
+            xs.chmod(f"{home}/attr", f"n{guest.domid}", recursive=True)
+        elif fault == "conflict":
+            for _ in range(5):
+                xs.write(f"{home}/data/os_name", "rewritten by someone else")
+        elif fault == "quota":
+            for n in range(60):  # the guest owns data/: these nodes count against its quota
+                xs.cli("xenstore-write", f"{home}/data/filler{n}", "x", check=False)
+            time.sleep(rng.uniform(0, 0.1))
+            xs.rm(f"{home}/data/filler0")
+            for n in range(60):
+                xs.cli("xenstore-rm", f"{home}/data/filler{n}", check=False)
+        time.sleep(rng.uniform(0, 0.05))
+        assert agent.alive(), f"agent died at step {step} ({fault}):\n{agent.log.read_text()[-3000:]}"
+    # settle: a final change of facts, then everything must be there and right
+    agent.root.set_addresses("eth0", ["10.0.0.2"])
+    os.kill(agent.proc.pid, signal.SIGHUP)  # a full republish also repairs keys others overwrote
+    expected = expected_keys(agent, capsys)
+    assert wait_for(lambda: all(agent.read(k) == v for k, v in expected.items()), timeout=10), \
+        (counts, {k: (agent.read(k), v) for k, v in expected.items() if agent.read(k) != v})
+    assert agent.alive()
+    assert sum(counts.values()) == 100
