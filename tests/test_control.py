@@ -2,7 +2,6 @@
 (the same flows against the real xenstored as a guest domain: test_control_real.py)."""
 
 import os
-import stat
 
 import pytest
 from support.memstore import MemStore
@@ -80,7 +79,7 @@ def test_agent_mode_acts_at_once_and_observe_mode_never():
 
 
 def test_suspend_is_never_performed_by_the_agent():
-    store, (control, runner, clock) = MemStore(), make(mode="agent")
+    store, (control, runner, _) = MemStore(), make(mode="agent")
     store.write("control/shutdown", "suspend")
     control.on_event(store)
     assert runner.calls == [] and store.nodes["control/shutdown"] == "suspend"
@@ -90,7 +89,7 @@ def test_suspend_is_never_performed_by_the_agent():
     "poweroff; rm -rf /", "$(reboot)", "POWEROFF", "reboot\n", "x" * 4000, "halt\x00now", " poweroff",
 ])
 def test_hostile_values_are_refused_and_logged_once(value, caplog):
-    store, (control, runner, clock) = MemStore(), make(mode="agent")
+    store, (control, runner, _) = MemStore(), make(mode="agent")
     store.write("control/shutdown", value)
     control.on_event(store)
     control.on_event(store)
@@ -151,7 +150,7 @@ def test_hook_timeout_is_enforced(tmp_path):
 def test_shutdown_request_runs_pre_shutdown_hooks(tmp_path):
     out = tmp_path / "ran"
     write_hook(tmp_path / "pre-reboot", "note", f"#!/bin/sh\necho $XENGUEST_REQUEST > {out}\n")
-    store, (control, runner, _) = MemStore(), make(hooks_dir=tmp_path)
+    store, (control, _, _) = MemStore(), make(hooks_dir=tmp_path)
     store.write("control/shutdown", "reboot")
     control.on_event(store)
     assert out.read_text() == "reboot\n"

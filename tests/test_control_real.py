@@ -2,7 +2,6 @@
 real xenstored (over its socket, as dom0; the guest-domain versions with
 permissions and quotas are in test_guest_domain_agent.py)."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,26 +9,13 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
+from support.waiting import script, wait_for
 
 from xenguest_agent.xenstore import XenStore
 
 HOME = "/local/domain/0"
 
 
-def wait_for(predicate, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
-def script(path, body):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n" + body)
-    os.chmod(path, 0o755)
-    return path
 
 
 @pytest.fixture

@@ -13,28 +13,12 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
+from support.waiting import leaves, script, wait_for
 
 from xenguest_agent import cli
 
 
-def wait_for(predicate, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
-
-def leaves(tree):
-    return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
-
-
-def script(path, body):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n" + body)
-    os.chmod(path, 0o755)
-    return path
 
 
 class Agent:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
+from support.waiting import leaves, wait_for
 
 from xenguest_agent import cli
 from xenguest_agent.agent import Agent
@@ -32,15 +33,6 @@ def guest(tmp_path):
 def shown(root, capsys):
     assert cli.main(["show", "--root", str(root), "--os", "linux", "--format", "json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def published(xenstored, keys):
-    tree = xenstored.dump(HOME)
-    return {k: v for k, v in tree.items() if k in keys}
-
-
-def leaves(tree):
-    return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
 
 
 def test_run_once_publishes_exactly_what_show_prints(xenstored, guest, capsys):
@@ -113,14 +105,6 @@ def test_stale_keys_swept_and_foreign_keys_kept(xenstored, guest):
     assert tree["data/other_tool"] == "mine"
     assert tree["control/feature-poweroff"] == "1"
 
-
-def wait_for(predicate, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 @pytest.fixture

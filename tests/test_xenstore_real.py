@@ -9,7 +9,6 @@ import time
 
 import pytest
 from pyxs import Client
-from pyxs.connection import UnixSocketConnection
 
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable, parse_spec
 

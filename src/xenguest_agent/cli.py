@@ -14,7 +14,7 @@ import logging
 import os
 import platform
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from xenguest_agent import __version__, schema
 from xenguest_agent.agent import UPDATED_VALUE, Agent

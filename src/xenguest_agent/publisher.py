@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from xenguest_agent import schema
 from xenguest_agent.xenstore import Transaction, XenStore, XenStoreError, XenStoreUnavailable
@@ -105,6 +105,21 @@ class Publisher:
                 found[key] = value
         return found
 
+    def _attempt(self, result: PublishResult, path: str, action: str,
+                 request: Callable[[], None]) -> bool:
+        """Send one request; a refusal that concerns only this key is recorded and
+        logged (once) and the round goes on; anything else propagates."""
+        try:
+            request()
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            if exc.errno not in KEY_ERRORS:
+                raise
+            self._refused(result, path, exc, action)
+            return False
+        return True
+
     def _refused(self, result: PublishResult, path: str, exc: XenStoreError, action: str) -> None:
         result.refused.append((path, exc.errno))
         if (path, exc.errno) not in self._logged_refusals:
@@ -137,14 +152,7 @@ class Publisher:
             state = dict(current)
             keep = {**desired, **markers}
             for path in _stale_roots([k for k in current if k not in keep], keep):
-                try:
-                    tx.rm(path)
-                except XenStoreUnavailable:
-                    raise
-                except XenStoreError as exc:
-                    if exc.errno not in KEY_ERRORS:
-                        raise
-                    self._refused(result, path, exc, "remove")
+                if not self._attempt(result, path, "remove", lambda: tx.rm(path)):
                     continue
                 result.removed.append(path)
                 for key in [k for k in state if k == path or k.startswith(path + "/")]:
@@ -154,14 +162,7 @@ class Publisher:
             if full or any(p not in quiet for p in (*pending, *result.removed)):
                 pending.update(markers)
             for path, value in sorted(pending.items()):
-                try:
-                    tx.write(path, value)
-                except XenStoreUnavailable:
-                    raise
-                except XenStoreError as exc:
-                    if exc.errno not in KEY_ERRORS:
-                        raise
-                    self._refused(result, path, exc, "write")
+                if not self._attempt(result, path, "write", lambda: tx.write(path, value)):
                     self._refused_values[path] = value
                     state.pop(path, None)
                     continue

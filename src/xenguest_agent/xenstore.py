@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import time
 from typing import Callable, List, Optional, Tuple
 

@@ -196,29 +196,37 @@ class IfconfigEntry:
 def parse_ifconfig(text: str) -> Tuple[IfconfigEntry, ...]:
     """``ifconfig -a`` output (sbin/ifconfig) -> one entry per interface, in order.
 
-    Read: ``ether`` (af_link.c), ``inet``/``inet6`` (af_inet.c, af_inet6.c; the
+    Read: ``ether`` and ``hwaddr`` (af_link.c; ``hwaddr`` is the permanent
+    address, printed when a lagg or an administrator changed the MAC, and it is
+    the one the toolstack knows), ``inet``/``inet6`` (af_inet.c, af_inet6.c; the
     ``%scope`` of a link-local is stripped), ``laggport:`` (iflagg.c), ``member:``
     (ifbridge.c) and the vlan line's ``parent interface:`` (ifvlan.c).  Only these
-    line prefixes matter, not their order or the other lines."""
+    line prefixes matter, not their order or the other lines.  A lagg *port* may
+    list its lagg's protocol and sibling ports with ``laggdev <lagg>`` (older
+    iflagg.c): those ports are not below it, so they are ignored there."""
     entries: List[IfconfigEntry] = []
     name: Optional[str] = None
-    mac: Optional[str] = None
+    fields: Dict[str, Optional[str]] = {}
     lower: List[str] = []
+    ports: List[str] = []
     addresses: List[Address] = []
 
     def finish() -> None:
-        if name is not None:
-            seen: Dict[Tuple[int, str], Address] = {}
-            for address in addresses:
-                seen.setdefault((address.family, address.address), address)
-            entries.append(IfconfigEntry(name, mac, tuple(dict.fromkeys(lower)),
-                                         tuple(seen.values())))
+        if name is None:
+            return
+        below = lower + ([] if fields.get("laggdev") else ports)
+        seen: Dict[Tuple[int, str], Address] = {}
+        for address in addresses:
+            seen.setdefault((address.family, address.address), address)
+        entries.append(IfconfigEntry(
+            name, fields.get("hwaddr") or fields.get("ether"),
+            tuple(dict.fromkeys(n for n in below if n != name)), tuple(seen.values())))
 
     for line in text.splitlines():
         header = _IFCONFIG_HEADER.match(line)
         if header:
             finish()
-            name, mac, lower, addresses = header.group(1), None, [], []
+            name, fields, lower, ports, addresses = header.group(1), {}, [], [], []
             continue
         if name is None or not line[:1].isspace():
             continue
@@ -226,18 +234,22 @@ def parse_ifconfig(text: str) -> Tuple[IfconfigEntry, ...]:
         if not words:
             continue
         key = words[0]
-        if key == "ether" and len(words) > 1:
-            mac = words[1].lower()
+        if key in ("ether", "hwaddr") and len(words) > 1:
+            fields[key] = words[1].lower()
         elif key in ("inet", "inet6") and len(words) > 1:
             address = make_address(4 if key == "inet" else 6, words[1])
             if address is not None:
                 addresses.append(address)
-        elif key in ("laggport:", "member:") and len(words) > 1:
+        elif key == "laggport:" and len(words) > 1:
+            ports.append(words[1])
+        elif key == "member:" and len(words) > 1:
             lower.append(words[1])
         elif key == "vlan:":
             parent = _PARENT.search(line)
             if parent and parent.group(1) != "<none>":
                 lower.append(parent.group(1))
+        elif key == "laggdev:" or (key == "laggproto" and "laggdev" in words):
+            fields["laggdev"] = words[-1]
     finish()
     return tuple(entries)
 

@@ -1,0 +1,31 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; True if it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def leaves(tree: Dict[str, str]) -> Dict[str, str]:
+    """The nodes of a dumped tree that have no children (the published keys)."""
+    return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
+
+
+def script(path: Path, body: str) -> Path:
+    """An executable /bin/sh script (a fake command or a hook)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+    return path
