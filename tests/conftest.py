@@ -101,3 +101,28 @@ def guest_domain(guest_domain_factory: Callable[..., GuestDomain]) -> GuestDomai
     does: ``.spec`` for ``XenStore(spec)``, ``.domid``, ``.home``, ``.toolstack``, ``.bridge``,
     ``.xenstored``."""
     return guest_domain_factory()
+
+
+# --- network namespaces (live rtnetlink) -------------------------------------------------------
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace, always deleted afterwards.  Needs root and iproute2: without
+    them the test fails (CI installs iproute2), it never skips."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("ip") is None:
+        pytest.fail("iproute2's 'ip' is required for the live network tests (install iproute2)",
+                    pytrace=False)
+    name = f"xga-test-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        pytest.fail(f"'ip netns add' is unavailable ({result.stderr.strip()}); the live network "
+                    "tests need root and iproute2", pytrace=False)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)

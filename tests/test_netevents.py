@@ -13,7 +13,6 @@ import importlib.util
 import os
 import queue
 import random
-import shutil
 import signal
 import socket
 import statistics
@@ -536,23 +535,6 @@ def run(*argv: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed: {result.stderr.strip()}", pytrace=False)
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A fresh network namespace, always deleted afterwards."""
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2's 'ip' is required for the live rtnetlink test (install iproute2)",
-                    pytrace=False)
-    name = f"xga-test-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
-    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        pytest.fail(f"'ip netns add' is unavailable ({result.stderr.strip()}); the live rtnetlink "
-                    "test needs root and iproute2", pytrace=False)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 class Child:

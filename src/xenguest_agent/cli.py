@@ -125,7 +125,12 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
                       backend.kernel_features, backend.unadvertised_features, time.monotonic)
     if args.root == "/" and config.control.pm_freeze_timeout and not args.once:
         backend.tune_suspend(config.control.pm_freeze_timeout)
-    daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks)
+    net_events = None
+    if args.root == "/":  # a captured tree has no live kernel to listen to
+        from xenguest_agent.netevents import NetworkEvents
+        net_events = NetworkEvents(os_name=backend.name)
+    daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
+                    net_events=net_events)
     try:
         store.connect()
         if not args.once:

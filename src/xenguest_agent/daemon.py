@@ -1,9 +1,17 @@
 """The long-running loop: one event queue, one consumer.
 
 Producers put events on one queue: XenStore watch events (on the watch
-connection's thread) and signals; timers (the poll round, the shutdown grace
-period) are deadlines the consumer computes, so no timer threads exist.  The
-consumer is the only thread that talks to XenStore.
+connection's thread), network change notifications (rtnetlink or the FreeBSD
+routing socket, coalesced; netevents.py) and signals.  Timers are deadlines
+the consumer computes, so no timer threads exist:
+
+* with a network event source: interfaces are re-collected on each
+  notification, memory every ``memory.min_interval`` seconds, everything every
+  ``interval`` seconds (the safety sweep, in case an event was missed);
+* without one: everything every ``poll_interval`` seconds (said at start-up);
+* the shutdown grace period of a pending control request.
+
+The consumer is the only thread that talks to XenStore.
 
 Failure policy: a XenStore error never ends the daemon.  A lost connection is
 re-established with exponential backoff (0.5 s doubling to 30 s) and followed by
@@ -33,6 +41,7 @@ from xenguest_agent.agent import Agent
 from xenguest_agent.config import Config
 from xenguest_agent.control import SHUTDOWN_KEY, Control
 from xenguest_agent.hooks import Hooks
+from xenguest_agent.netevents import RESYNC, NetworkEvents
 from xenguest_agent.publisher import Publisher
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
@@ -69,6 +78,7 @@ class Daemon:
 
     def __init__(self, agent: Agent, store: XenStore, publisher: Publisher, config: Config,
                  control: Optional[Control] = None, hooks: Optional[Hooks] = None,
+                 net_events: Optional[NetworkEvents] = None,
                  clock: Callable[[], float] = time.monotonic,
                  suspended: Callable[[], float] = suspended_seconds) -> None:
         self.agent = agent
@@ -77,6 +87,7 @@ class Daemon:
         self.config = config
         self.control = control
         self.hooks = hooks
+        self.net_events = net_events
         self.clock = clock
         self.suspended = suspended
         self.events: "queue.Queue[Event]" = queue.Queue()
@@ -85,6 +96,7 @@ class Daemon:
         self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
+        self.net_notifications = 0
 
     # --- producers -----------------------------------------------------------------------
 
@@ -94,6 +106,9 @@ class Daemon:
 
     def _on_watch(self, path: str, token: str) -> None:
         self.events.put(("watch", path, token))
+
+    def _on_network(self, kind: str) -> None:  # on the event source's thread
+        self.events.put(("net", kind))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.events.put(("signal", str(signum)))
@@ -124,9 +139,9 @@ class Daemon:
         self.publisher.invalidate()
         self._publish()
 
-    def _publish(self) -> None:
+    def _publish(self, only: Optional[Tuple[str, ...]] = None) -> None:
         extra = self.control.advertised() if self.control is not None else None
-        self.agent.publish(self.store, self.publisher, extra)
+        self.agent.publish(self.store, self.publisher, extra, only)
         self.rounds += 1
 
     def _reconnect(self) -> bool:
@@ -231,6 +246,10 @@ class Daemon:
                 self._stopping = True
         elif kind == "watch":
             self._guarded(lambda: self._on_watch_event(event[2]))
+        elif kind == "net":
+            self.net_notifications += 1
+            only = None if event[1] == RESYNC else ("interfaces",)
+            self._guarded(lambda: self._publish(only))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -248,10 +267,26 @@ class Daemon:
             log.warning("first publish incomplete: %s; retrying each round", exc)
         if once:
             return 0
-        poll = self.config.poll_interval
-        next_round = self.clock() + poll
+        if self.net_events is not None and self.net_events.start(self._on_network):
+            log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
+                     self.net_events.name, self.config.memory.min_interval, self.config.interval)
+            tick, tick_only = max(self.config.memory.min_interval, 0.5), ("memory",)
+            sweep = self.config.interval
+        else:
+            log.info("network changes: no event source here; polling everything every %gs",
+                     self.config.poll_interval)
+            tick, tick_only, sweep = self.config.poll_interval, None, None
+        try:
+            return self._loop(tick, tick_only, sweep)
+        finally:
+            if self.net_events is not None:
+                self.net_events.stop()
+
+    def _loop(self, tick: float, tick_only: Optional[Tuple[str, ...]], sweep: Optional[float]) -> int:
+        next_round = self.clock() + tick
+        next_sweep = None if sweep is None else self.clock() + sweep
         while not self._stopping:
-            deadlines = [next_round]
+            deadlines = [next_round] + ([next_sweep] if next_sweep is not None else [])
             control_deadline = self.control.deadline() if self.control is not None else None
             if control_deadline is not None:
                 deadlines.append(control_deadline)
@@ -266,8 +301,12 @@ class Daemon:
             now = self.clock()
             if control_deadline is not None and now >= control_deadline and self.control is not None:
                 self._guarded(lambda: self.control.on_deadline(self.store))  # type: ignore[union-attr]
-            if now >= next_round:
+            if next_sweep is not None and now >= next_sweep:
                 self._guarded(self._publish)
-                next_round = self.clock() + poll
+                next_sweep = self.clock() + sweep  # type: ignore[operator]
+                next_round = self.clock() + tick
+            elif now >= next_round:
+                self._guarded(lambda: self._publish(tick_only))
+                next_round = self.clock() + tick
         log.info("stopped after %d rounds", self.rounds)
         return 0

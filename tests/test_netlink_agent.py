@@ -1,0 +1,60 @@
+"""The daemon driven by live rtnetlink events, in a network namespace, against
+the real xenstored: an address added or removed, and a NIC hot-plugged and
+unplugged, reach XenStore without any polling (the memory tick and the safety
+sweep are set far beyond the test's waits, so only an event can explain it)."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from support.waiting import wait_for
+
+HOME = "/local/domain/0"
+
+
+def ip(ns, *args):
+    done = subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.fail(f"ip -n {ns} {' '.join(args)}: {done.stderr.strip()}", pytrace=False)
+
+
+@pytest.fixture
+def live_agent(netns, xenstored, tmp_path):
+    ip(netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    ip(netns, "link", "set", "v0", "up")
+    config = tmp_path / "config.yaml"
+    config.write_text("interval: 600\nmemory:\n  min_interval: 600\n"
+                      "network:\n  exclude: [lo, v1, v3]\n  static_vifs: {v0: 0, v2: 1}\n")
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
+                             "run", "--xenstore", xenstored.spec, "--config", str(config),
+                             "--log-level", "debug"], stderr=open(log, "w"))
+    assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=10), log.read_text()
+    proc.log = log
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0, log.read_text()[-3000:]
+
+
+def test_address_changes_arrive_by_event(live_agent, netns, xenstored):
+    assert "rtnetlink events" in live_agent.log.read_text()
+    ip(netns, "addr", "add", "10.77.0.5/24", "dev", "v0")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.77.0.5", timeout=5), \
+        live_agent.log.read_text()[-3000:]
+    # another subnet: deleting a primary address also drops its subnet's secondaries
+    ip(netns, "addr", "add", "10.78.0.6/24", "dev", "v0")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/1") == "10.78.0.6", timeout=5)
+    ip(netns, "addr", "del", "10.77.0.5/24", "dev", "v0")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") is None, timeout=5)
+    assert xenstored.read(f"{HOME}/attr/vif/0/ipv4/1") == "10.78.0.6"  # kept its index
+
+
+def test_hotplugged_nic_appears_and_its_keys_are_swept(live_agent, netns, xenstored):
+    ip(netns, "link", "add", "v2", "type", "veth", "peer", "name", "v3")
+    ip(netns, "link", "set", "v2", "up")
+    ip(netns, "addr", "add", "10.88.0.2/24", "dev", "v2")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/1/ipv4/0") == "10.88.0.2", timeout=5)
+    ip(netns, "link", "del", "v2")
+    assert wait_for(lambda: "vif/1" not in str(xenstored.dump(f"{HOME}/attr")), timeout=5), \
+        xenstored.dump(f"{HOME}/attr")
