@@ -40,6 +40,17 @@ from xenguest_agent.xenstore import XenStore  # noqa: E402
 
 HOME = "/local/domain/0"
 
+#: XenServer's own agent (xe-guest-utilities, Go), measured against the same real
+#: xenstored on this kind of machine (issue 4): the numbers to beat.
+BASELINE = {
+    "start-up": "10 ms (to first write)",
+    "rss": "3.5-8.8 MiB + 2.8 MiB logger child",
+    "latency": "up to 60 s (next poll)",
+    "idle-requests": "~210 / hour",
+    "idle-writes": "data/updated every 60 s",
+    "cycle": "1.3 ms CPU + ip child processes",
+}
+
 
 def wait_for_write(xs: Xenstored, path: str, since: int, timeout: float = 10.0) -> float:
     deadline = time.monotonic() + timeout
@@ -58,6 +69,105 @@ def start_agent(xs: Xenstored, root: Path, config: Path) -> "tuple[subprocess.Po
                              "--log-level", "warning"], cwd=REPO)
     published = wait_for_write(xs, "data/updated", mark)
     return proc, published - started
+
+
+def ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, timeout=30)
+
+
+def percentile(values: "list[float]", fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def event_latency(xs: Xenstored, work: Path, changes: int, churn: int) -> "list[tuple]":
+    """ip addr add/del in a network namespace -> the key visible in xenstored (a dom0
+    watch sees it), with the live agent running inside the namespace."""
+    import threading
+
+    ns = f"xga-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    rows = []
+    try:
+        ip(ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        ip(ns, "link", "set", "v0", "up")
+        config = work / "live.yaml"
+        config.write_text("network:\n  exclude: [lo, v1]\n  static_vifs: {v0: 0}\n")
+        xs.restart()
+        mark = xs.mark()
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "xenguest_agent", "run",
+                                 "--xenstore", xs.spec, "--config", str(config), "--log-level", "warning"],
+                                cwd=REPO)
+        wait_for_write(xs, "data/updated", mark)
+        store = XenStore(xs.spec)
+        store.connect()
+        changed = threading.Event()
+        store.on_event(lambda path, token: changed.set())
+        store.watch(f"{HOME}/attr/vif/0", "bench")
+        time.sleep(0.3)
+        latencies = []
+        for i in range(changes):
+            address = f"10.{90 + i // 250}.{i % 250}.1"
+            for action, expect in (("add", address), ("del", None)):
+                changed.clear()
+                started = time.monotonic()
+                ip(ns, "addr", action, f"{address}/24", "dev", "v0")
+                deadline = started + 5
+                while time.monotonic() < deadline:
+                    if changed.wait(deadline - time.monotonic()):
+                        changed.clear()
+                        if store.read(f"{HOME}/attr/vif/0/ipv4/0") == expect:
+                            break
+                latencies.append(time.monotonic() - started)
+        rss_before = psutil.Process(proc.pid).children()[0].memory_info().rss \
+            if psutil.Process(proc.pid).children() else psutil.Process(proc.pid).memory_info().rss
+        batch = work / "churn.batch"
+        batch.write_text("".join(f"address add 10.200.{i // 250}.{i % 250 + 1}/16 dev v0\n"
+                                 f"address del 10.200.{i // 250}.{i % 250 + 1}/16 dev v0\n"
+                                 for i in range(churn // 2)))
+        subprocess.run(["ip", "-n", ns, "-batch", str(batch)], check=True, capture_output=True)
+        time.sleep(1.0)
+        agent_proc = psutil.Process(proc.pid)
+        target = agent_proc.children()[0] if agent_proc.children() else agent_proc
+        rss_after = target.memory_info().rss
+        store.close()
+        proc.terminate()
+        proc.wait(10)
+        rows.append((f"latency ip addr add/del -> key in xenstored (median, {len(latencies)} changes)",
+                     f"{statistics.median(latencies) * 1000:.0f} ms", "< 200 ms", BASELINE["latency"]))
+        rows.append(("latency, p95", f"{percentile(latencies, 0.95) * 1000:.0f} ms", "< 200 ms", ""))
+        rows.append((f"RSS before / after {churn} address changes",
+                     f"{rss_before / 2**20:.1f}/{rss_after / 2**20:.1f} MiB", "no growth", ""))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return rows
+
+
+def scale_case(xs: Xenstored, work: Path, repeat: int) -> "list[tuple]":
+    """256 interfaces with 16 addresses each (8 IPv4 + 8 IPv6); 8 of them VIFs."""
+    guest = GuestRoot(work / "scale")
+    for n in range(256):
+        vif = n if n < 8 else None
+        addresses = [f"10.{n}.{k}.1" for k in range(8)] + [f"2001:db8:{n:x}:{k:x}::1" for k in range(8)]
+        guest.nic(f"eth{n}" if vif is not None else f"veth{n}", vif, f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
+                  addresses)
+    xs.restart()
+    store = XenStore(xs.spec)
+    store.connect()
+    host = Host(str(guest.root))
+    agent = Agent(LinuxBackend(host, CapturedAddresses(host)), Config())
+    publisher = Publisher(store)
+    agent.publish(store, publisher)
+    nodes = len(xs.dump(HOME))
+    walls = []
+    for _ in range(repeat):
+        w0 = time.perf_counter()
+        agent.publish(store, publisher)
+        walls.append(time.perf_counter() - w0)
+    store.close()
+    return [("256 interfaces x 16 addresses: collect+diff cycle (median)",
+             f"{statistics.median(walls) * 1000:.1f} ms", "<= 50 ms", ""),
+            ("256 x 16: nodes the agent published (8 VIFs)", f"{nodes}", "< 1000 (quota)", "")]
 
 
 def bench(quick: bool) -> None:
@@ -80,9 +190,10 @@ def bench(quick: bool) -> None:
                 rss.append(psutil.Process(proc.pid).memory_info().rss)
                 proc.terminate()
                 proc.wait(10)
-            rows.append(("start-up to first full publish (median)", f"{statistics.median(startups) * 1000:.0f} ms",
-                         "< 500 ms"))
-            rows.append(("RSS after start-up (median)", f"{statistics.median(rss) / 2**20:.1f} MiB", "<= 20 MiB"))
+            rows.append(("start-up to first full publish (median, process spawn included)",
+                         f"{statistics.median(startups) * 1000:.0f} ms", "< 500 ms", BASELINE["start-up"]))
+            rows.append(("RSS after start-up (median)", f"{statistics.median(rss) / 2**20:.1f} MiB", "<= 20 MiB",
+                         BASELINE["rss"]))
 
             # idle: requests and CPU over a window with nothing changing
             xs.restart()
@@ -101,12 +212,12 @@ def bench(quick: bool) -> None:
             writes = sum(1 for r in requests if r.op in ("WRITE", "RM"))
             poll = 1.0 if quick else 5.0
             rows.append((f"XenStore writes per idle minute ({window:.0f} s window, poll {poll:g} s)",
-                         f"{writes * 60 / window:.0f}", "0"))
+                         f"{writes * 60 / window:.0f}", "0", BASELINE["idle-writes"]))
             rows.append(("XenStore requests per idle hour (all ops, extrapolated)",
-                         f"{len(requests) * 3600 / window:.0f}", "only memory changes"))
-            rows.append(("CPU seconds per idle hour (extrapolated)", f"{cpu * 3600 / window:.1f} s",
-                         "~0"))
-            rows.append(("RSS after the idle window", f"{rss_idle / 2**20:.1f} MiB", "<= 20 MiB, no growth"))
+                         f"{len(requests) * 3600 / window:.0f}", "only memory changes", BASELINE["idle-requests"]))
+            rows.append((f"CPU seconds per idle hour (extrapolated, polling every {poll:g} s)",
+                         f"{cpu * 3600 / window:.1f} s", "~0", ""))
+            rows.append(("RSS after the idle window", f"{rss_idle / 2**20:.1f} MiB", "<= 20 MiB, no growth", ""))
 
             # one collect+diff cycle, in process, warm
             xs.restart()
@@ -123,14 +234,18 @@ def bench(quick: bool) -> None:
                 walls.append(time.perf_counter() - w0)
                 cpus.append(time.process_time() - c0)
             store.close()
-            rows.append(("collect+diff cycle, wall (median)", f"{statistics.median(walls) * 1000:.2f} ms", "<= 5 ms"))
-            rows.append(("collect+diff cycle, CPU (median)", f"{statistics.median(cpus) * 1000:.2f} ms", "<= 5 ms"))
+            rows.append(("collect+diff cycle, wall (median)", f"{statistics.median(walls) * 1000:.2f} ms", "<= 5 ms",
+                         ""))
+            rows.append(("collect+diff cycle, CPU (median)", f"{statistics.median(cpus) * 1000:.2f} ms", "<= 5 ms",
+                         BASELINE["cycle"]))
+            rows.extend(scale_case(xs, work, 10 if quick else 50))
+            rows.extend(event_latency(xs, work, 25 if quick else 50, 200 if quick else 1000))
 
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'measured':>12}  target")
-    print("-" * (width + 30))
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>12}  {target}")
+    print(f"{'measure':<{width}}  {'measured':>14}  {'target':<22}  XenServer's agent (baseline)")
+    print("-" * (width + 70))
+    for name, value, target, baseline in rows:
+        print(f"{name:<{width}}  {value:>14}  {target:<22}  {baseline}")
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, mode {'quick' if quick else 'full'}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from typing import Dict, Iterable, List, Protocol, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from xenguest_agent.backends.base import make_address
 from xenguest_agent.facts import Address
@@ -31,6 +31,27 @@ class AddressSource(Protocol):
     def addresses(self) -> Table: ...
 
 
+class AddressCache:
+    """Remembers parsed addresses: a guest's addresses rarely change, and one
+    with thousands (containers) would otherwise re-validate each every round.
+    Bounded: emptied when it passes ``limit`` entries."""
+
+    def __init__(self, limit: int = 16384) -> None:
+        self.limit = limit
+        self._known: Dict[Tuple[int, str], Optional[Address]] = {}
+
+    def __call__(self, family: int, text: str) -> Optional[Address]:
+        key = (family, text)
+        try:
+            return self._known[key]
+        except KeyError:
+            pass
+        if len(self._known) >= self.limit:
+            self._known.clear()
+        parsed = self._known[key] = make_address(family, text)
+        return parsed
+
+
 def _dedupe(items: Iterable[Address]) -> Tuple[Address, ...]:
     seen: Dict[Tuple[int, str], Address] = {}
     for item in items:
@@ -40,6 +61,9 @@ def _dedupe(items: Iterable[Address]) -> Tuple[Address, ...]:
 
 class PsutilAddresses:
     """Live addresses through psutil (imported on first use, not at import)."""
+
+    def __init__(self) -> None:
+        self.parse = AddressCache()
 
     def addresses(self) -> Table:
         import psutil
@@ -51,14 +75,14 @@ class PsutilAddresses:
                 family = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(entry.family)
                 if family is None:
                     continue
-                address = make_address(family, entry.address)
+                address = self.parse(family, entry.address)
                 if address is not None:
                     found.append(address)
             table[name] = _dedupe(found)
         return table
 
 
-def parse_ip_json(text: str) -> Table:
+def parse_ip_json(text: str, parse: Callable[[int, str], Optional[Address]] = make_address) -> Table:
     """Parse ``ip -json address`` output (iproute2) into the address table."""
     table: Table = {}
     for link in json.loads(text):
@@ -71,7 +95,7 @@ def parse_ip_json(text: str) -> Table:
             local = info.get("local")
             if family is None or not isinstance(local, str):
                 continue
-            address = make_address(family, local)
+            address = parse(family, local)
             if address is not None:
                 found.append(address)
         table[name] = _dedupe(found)
@@ -84,6 +108,7 @@ class CapturedAddresses:
     def __init__(self, host: Host, path: str = CAPTURE_PATH) -> None:
         self.host = host
         self.path = path
+        self.parse = AddressCache()
 
     def addresses(self) -> Table:
         text = self.host.read_text(self.path)
@@ -91,4 +116,4 @@ class CapturedAddresses:
             log.info("no address capture at %s under %s: reporting no addresses",
                      self.path, self.host.root)
             return {}
-        return parse_ip_json(text)
+        return parse_ip_json(text, self.parse)

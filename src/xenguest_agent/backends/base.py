@@ -7,8 +7,8 @@ and meet the rest of the agent only through :class:`Backend` and the records in
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from typing import Dict, Optional, Protocol, Tuple
 
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
@@ -120,23 +120,31 @@ def parse_resolv_domain(text: str) -> Optional[str]:
     return chosen.rstrip(".") if chosen and chosen != "." else None
 
 
-def is_link_local(address: str) -> bool:
-    """169.254/16 and fe80::/10: reported after global addresses."""
-    try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_link_local
-    except ValueError:
-        return False
-
-
 def make_address(family: int, address: str) -> Optional[Address]:
-    """A validated, normalised Address, or None for loopback or garbage.
+    """A validated, normalised Address, or None for loopback, unspecified or garbage.
 
-    IPv6 zone suffixes (``fe80::1%eth0``) are stripped: xapi shows the bare address."""
+    IPv6 zone suffixes (``fe80::1%eth0``) are stripped: xapi shows the bare
+    address.  inet_pton/inet_ntop (C) rather than the ipaddress module: a guest
+    with thousands of addresses parses them every round (benchmarks/bench.py,
+    the 256x16 case), and ipaddress costs ~40 us per address."""
     bare = address.split("%", 1)[0]
+    kind = socket.AF_INET if family == 4 else socket.AF_INET6 if family == 6 else None
+    if kind is None:
+        return None
     try:
-        parsed = ipaddress.ip_address(bare)
-    except ValueError:
+        packed = socket.inet_pton(kind, bare)
+    except (OSError, ValueError):
         return None
-    if parsed.version != family or parsed.is_loopback or parsed.is_unspecified:
-        return None
-    return Address(family=family, address=str(parsed), link_local=parsed.is_link_local)
+    if family == 4:
+        if packed[0] == 127 or packed == b"\0\0\0\0":
+            return None
+        link_local = packed[:2] == b"\xa9\xfe"  # 169.254.0.0/16 (RFC 3927)
+    else:
+        if packed in (_V6_LOOPBACK, _V6_UNSPECIFIED):
+            return None
+        link_local = packed[0] == 0xFE and packed[1] & 0xC0 == 0x80  # fe80::/10 (RFC 4291)
+    return Address(family=family, address=socket.inet_ntop(kind, packed), link_local=link_local)
+
+
+_V6_LOOPBACK = b"\0" * 15 + b"\1"
+_V6_UNSPECIFIED = b"\0" * 16
