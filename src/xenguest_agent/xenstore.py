@@ -49,7 +49,8 @@ class XenStoreError(Exception):
     """xenstored refused a request; ``errno`` says why (EACCES, ENOSPC, EAGAIN...)."""
 
     def __init__(self, code: int, message: str, path: Optional[str] = None) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
+        shown = path if path is None or len(path) <= 200 else f"{path[:200]}...({len(path)} chars)"
+        super().__init__(f"{shown}: {message}" if path else message)
         self.errno = code
         self.path = path
 
