@@ -7,6 +7,7 @@
 #                   own client, independent of the agent's pyxs adapter
 #   gcc, libc6-dev  build the LD_PRELOAD shim (tests/xenstored/shim.c) that lets the daemon run
 #                   without a hypervisor
+#   iproute2        ip netns / veth: the live rtnetlink tests and the latency benchmark
 #
 # Idempotent: when everything is present it does nothing (no apt-get update, no network). Starting
 # services is refused for the duration of the install (xen-utils-common ships init scripts for the
@@ -14,7 +15,7 @@
 # machine is left without a stray daemon. Exits non-zero naming what could not be installed.
 set -eu
 
-PACKAGES="xen-utils-4.17 xenstore-utils gcc libc6-dev"
+PACKAGES="xen-utils-4.17 xenstore-utils gcc libc6-dev iproute2"
 XENSTORED=/usr/lib/xen-4.17/bin/xenstored
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
