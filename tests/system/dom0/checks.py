@@ -1,0 +1,507 @@
+"""The system test's checks, run in dom0 (Python 3.11 of the dom0 image) after /init set up Xen.
+
+Drives guests with `xl` the way an administrator would and inspects XenStore with Debian's
+xenstore-* tools. Commands inside a guest go through the test-only channel described in
+domu/ctl.py (/local/domain/<domid>/test/, a subtree the agent does not own).
+
+Output protocol for the host runner (one line each, on the serial console):
+    @@XGS check {"scenario", "name", "ok", "secs", "detail"}
+    @@XGS info  {...}
+and free text lines "[xgs-dom0 ...]" (progress) and "[diag] ..." (diagnostics after a failure).
+"""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+
+CFG = json.load(open("/opt/xgs/config.json"))
+T0 = time.monotonic()
+FAILED = []
+CLK_TCK = 100  # x86 Linux
+
+# What the agent must publish before a tree counts as "complete" (relative to the home).
+REQUIRED = ["attr/PVAddons/MajorVersion", "attr/PVAddons/MinorVersion", "attr/PVAddons/MicroVersion",
+            "attr/PVAddons/BuildVersion", "attr/PVAddons/Installed", "data/os_name", "data/os_distro",
+            "data/os_majorver", "data/os_minorver", "data/os_uname", "data/meminfo_total",
+            "data/meminfo_free", "data/updated", "attr/vif/0/ipv4/0"]
+
+
+class Fail(Exception):
+    pass
+
+
+class Fatal(Fail):
+    """The scenario cannot go on (the guest is gone or unreachable)."""
+
+
+def say(msg):
+    print("[xgs-dom0 %6.1fs] %s" % (time.monotonic() - T0, msg), flush=True)
+
+
+def emit(kind, **kw):
+    print("@@XGS %s %s" % (kind, json.dumps(kw, sort_keys=True)), flush=True)
+
+
+def diag(title, text):
+    print("[diag] ----- %s -----" % title, flush=True)
+    for line in (text or "").splitlines()[-80:]:
+        print("[diag] " + line, flush=True)
+
+
+def run(cmd, timeout=180):
+    try:
+        return subprocess.run(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Fail("timed out after %d s: %s" % (timeout, cmd))
+
+
+def sh(cmd, timeout=180):
+    r = run(cmd, timeout)
+    if r.returncode != 0:
+        raise Fail("%s -> exit %d: %s" % (cmd if isinstance(cmd, str) else " ".join(cmd),
+                                           r.returncode, r.stdout.strip()[-600:]))
+    return r.stdout
+
+
+def xs_read(path):
+    r = run(["xenstore-read", path], 30)
+    return r.stdout.rstrip("\n") if r.returncode == 0 else None
+
+
+def xs_tree(home):
+    """{relative path: value} of everything under home (xenstore-ls -f)."""
+    r = run(["xenstore-ls", "-f", home], 30)
+    tree = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r'^(/\S*) = "(.*)"$', line)
+        if m and m.group(1).startswith(home + "/"):
+            tree[m.group(1)[len(home) + 1:]] = m.group(2)
+    return tree
+
+
+def wait_for(what, pred, timeout, interval=0.2):
+    """Poll pred() until it returns a true value; return (value, seconds)."""
+    t0 = time.monotonic()
+    while True:
+        val = pred()
+        if val:
+            return val, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise Fail("%s: not within %d s" % (what, timeout))
+        time.sleep(interval)
+
+
+class Guest:
+    seq = int(time.time()) % 100000 * 100  # unique per run, monotonic over the run
+
+    def __init__(self, sc):
+        self.sc = sc
+        self.name = "xgs-" + sc["name"]
+        self.kind = sc["type"]
+        self.xenopsd = sc["mode"] == "xenopsd"
+        self.ip = sc["ip"]
+        self.ip6 = sc["ip6"]
+        self.domid = None
+        self.cfg = "/etc/xen/%s.cfg" % self.name
+        self.console_log = "/var/log/xen/console/guest-%s.log" % self.name
+        lines = [
+            'name = "%s"' % self.name,
+            'type = "%s"' % self.kind,
+            'kernel = "/opt/xgs/vmlinuz"',
+            'ramdisk = "/opt/xgs/domu.cpio.zst"',
+            'extra = "console=hvc0 %s xgs.name=%s xgs.ip=%s/24 xgs.ip6=%s/64 xgs.agent=%s xgs.debug=%d"'
+            % ("" if CFG["debug"] else "quiet", self.name, self.ip, self.ip6, CFG["agent"], CFG["debug"]),
+            "memory = %d" % CFG["domu_memory"],
+            "vcpus = 1",
+            'vif = [ "mac=%s,bridge=xenbr0" ]' % sc["mac"],
+            'on_poweroff = "destroy"',
+            'on_reboot = "restart"',
+            'on_crash = "preserve"',
+        ]
+        if self.kind == "pvh":
+            # Without it Xen loops emulating RDTSCP for a PVH guest under QEMU TCG (issue 6).
+            lines.append('tsc_mode = "native"')
+        os.makedirs("/etc/xen", exist_ok=True)
+        with open(self.cfg, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    @property
+    def home(self):
+        return "/local/domain/%d" % self.domid
+
+    def lookup_domid(self):
+        r = run(["xl", "domid", self.name], 30)
+        return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+
+    def adopt(self, paused):
+        """After create/restore/migrate: find the domid, do what xenopsd does, open the channel."""
+        self.domid = self.lookup_domid()
+        if self.domid is None:
+            raise Fatal("no domain named %s" % self.name)
+        if self.xenopsd:
+            # xenopsd writes unique-domain-id at creation, before unpausing (CA-30811).
+            sh(["xenstore-write", self.home + "/unique-domain-id", str(uuid.uuid4())])
+        self.open_channel()
+        if paused:
+            sh(["xl", "unpause", self.name])
+
+    def open_channel(self):
+        sh(["xenstore-write", self.home + "/test/cmd", ""])
+        sh(["xenstore-chmod", "-r", self.home + "/test", "n%d" % self.domid])
+
+    def cmd(self, command, timeout=30, check=True):
+        """Run a shell command inside the guest; return (exit status, output)."""
+        Guest.seq += 1
+        seq = str(Guest.seq)
+        b64 = base64.b64encode(command.encode()).decode()
+        sh(["xenstore-write", self.home + "/test/cmd", "%s %d %s" % (seq, timeout, b64)])
+
+        def result():
+            val = xs_read(self.home + "/test/result")
+            return val if val and val.split()[0] == seq else None
+
+        try:
+            val, _ = wait_for("guest command %r" % command, result, timeout + 20, 0.1)
+        except Fail as exc:
+            raise Fatal(str(exc))
+        _, rc, nchunks = val.split()
+        data = "".join(xs_read("%s/test/out/%d" % (self.home, i)) or "" for i in range(int(nchunks)))
+        out = base64.b64decode(data).decode("utf-8", "replace")
+        if check and int(rc) != 0:
+            raise Fail("guest: %s -> exit %s: %s" % (command, rc, out.strip()[-400:]))
+        return int(rc), out
+
+    def wait_channel(self, timeout):
+        _, secs = wait_for("guest command channel", lambda: self.cmd("true", timeout)[0] == 0, timeout)
+        return secs
+
+    def tree(self):
+        return xs_tree(self.home)
+
+    def tree_complete(self, tree):
+        missing = [k for k in REQUIRED if k not in tree]
+        if missing:
+            return None
+        if tree.get("attr/vif/0/ipv4/0") != self.ip:
+            return None
+        return tree
+
+    def wait_tree(self, timeout):
+        last = {}
+
+        def complete():
+            last["tree"] = self.tree()
+            return self.tree_complete(last["tree"])
+
+        try:
+            return wait_for("complete agent tree", complete, timeout, 0.3)
+        except Fail as exc:
+            have = last.get("tree", {})
+            missing = [k for k in REQUIRED if k not in have]
+            raise Fail("%s; missing %s; attr/vif/0/ipv4/0=%r" % (exc, missing or "nothing",
+                                                                  have.get("attr/vif/0/ipv4/0")))
+
+    def facts(self):
+        _, out = self.cmd("uname -r; grep MemTotal /proc/meminfo; . /etc/os-release; "
+                          "echo $ID; echo $VERSION_ID")
+        lines = out.split("\n")
+        return {"uname": lines[0].strip(), "memtotal": int(lines[1].split()[1]),
+                "id": lines[2].strip(), "version_id": lines[3].strip()}
+
+    def agent_stats(self):
+        """(pid, cpu seconds, seconds alive, VmRSS KiB, VmHWM KiB) of the agent in the guest."""
+        _, out = self.cmd("p=$(cat /run/agent.pid); echo $p; cat /proc/$p/stat; cat /proc/uptime; "
+                          "grep -E '^Vm(RSS|HWM)' /proc/$p/status")
+        lines = out.strip().split("\n")
+        pid = int(lines[0])
+        fields = lines[1].rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        alive = float(lines[2].split()[0]) - int(fields[19]) / CLK_TCK
+        vm = {l.split(":")[0]: int(l.split()[1]) for l in lines[3:]}
+        return {"pid": pid, "cpu": cpu, "alive": alive, "rss": vm.get("VmRSS"), "hwm": vm.get("VmHWM")}
+
+    def diagnostics(self):
+        diag("xl list", run(["xl", "list"], 30).stdout)
+        if self.domid is not None:
+            diag("xenstore-ls %s" % self.home, run(["xenstore-ls", "-f", self.home], 30).stdout)
+            try:
+                diag("agent log (guest /var/log/agent.log)",
+                     self.cmd("tail -n 60 /var/log/agent.log", 20, check=False)[1])
+            except Fail as exc:
+                diag("agent log", "unreachable: %s" % exc)
+        try:
+            with open(self.console_log, errors="replace") as f:
+                diag("guest console " + self.console_log, f.read())
+        except OSError as exc:
+            diag("guest console", str(exc))
+
+
+def validate(g, tree, facts):
+    """xapi-valid values (xapi_guest_agent.ml / xapi_pv_driver_version.ml read these)."""
+    results = []
+
+    def chk(name, ok, detail):
+        results.append((name, bool(ok), detail))
+
+    ver = [tree.get("attr/PVAddons/%sVersion" % p) for p in ("Major", "Minor", "Micro", "Build")]
+    chk("pvaddons", all(v is not None and re.fullmatch(r"\d+", v) for v in ver)
+        and tree.get("attr/PVAddons/Installed") == "1",
+        "version %s, Installed=%s" % (".".join(str(v) for v in ver), tree.get("attr/PVAddons/Installed")))
+    osok = (tree.get("data/os_distro") == facts["id"]
+            and tree.get("data/os_majorver") == facts["version_id"].split(".")[0]
+            and re.fullmatch(r"\d+", tree.get("data/os_minorver") or "x")
+            and re.fullmatch(r"[ -~]+", tree.get("data/os_name") or "")
+            and tree.get("data/os_uname") == facts["uname"])
+    chk("os facts", osok, "%s | %s %s.%s | %s (guest: %s %s, uname %s)" % (
+        tree.get("data/os_name"), tree.get("data/os_distro"), tree.get("data/os_majorver"),
+        tree.get("data/os_minorver"), tree.get("data/os_uname"), facts["id"], facts["version_id"],
+        facts["uname"]))
+    total, free = tree.get("data/meminfo_total", ""), tree.get("data/meminfo_free", "")
+    memok = (re.fullmatch(r"\d+", total) and re.fullmatch(r"\d+", free)
+             and abs(int(total) - facts["memtotal"]) <= facts["memtotal"] * 0.02
+             and 0 < int(free) <= int(total))
+    chk("meminfo KiB", memok, "total %s free %s (guest MemTotal %d kB)" % (total, free, facts["memtotal"]))
+    v4 = sorted(v for k, v in tree.items() if k.startswith("attr/vif/0/ipv4/"))
+    v6 = sorted(v for k, v in tree.items() if k.startswith("attr/vif/0/ipv6/"))
+    chk("vif 0 addresses", tree.get("attr/vif/0/ipv4/0") == g.ip and g.ip6 in v6,
+        "ipv4/0=%s ipv4=%s ipv6=%s" % (tree.get("attr/vif/0/ipv4/0"), v4, v6))
+    chk("updated+hotplug", "data/updated" in tree and tree.get("feature/hotplug/vif") == "1",
+        "data/updated=%r feature/hotplug/vif=%r feature/hotplug/vbd=%r control/feature-balloon=%r" % (
+            tree.get("data/updated"), tree.get("feature/hotplug/vif"),
+            tree.get("feature/hotplug/vbd"), tree.get("control/feature-balloon")))
+    return results
+
+
+class Scenario:
+    def __init__(self, sc):
+        self.sc = sc
+        self.g = Guest(sc)
+        self.stats = []
+        self.ok = True
+
+    def check(self, name, ok, secs=None, detail=""):
+        emit("check", scenario=self.sc["name"], name=name, ok=bool(ok),
+             secs=None if secs is None else round(secs, 2), detail=detail)
+        say("%s %-28s %s %s" % (self.sc["name"], name, "ok  " if ok else "FAIL",
+                                ("%.2fs " % secs if secs is not None else "") + detail))
+        if not ok:
+            self.ok = False
+            FAILED.append("%s: %s" % (self.sc["name"], name))
+
+    def step(self, name, fn):
+        """Run fn() -> (secs, detail); a Fail is a failed check, a Fatal also ends the scenario."""
+        t0 = time.monotonic()
+        try:
+            secs, detail = fn()
+            self.check(name, True, secs, detail)
+            return True
+        except Fail as exc:
+            self.check(name, False, time.monotonic() - t0, str(exc))
+            if isinstance(exc, Fatal):
+                raise
+            return False
+
+    def sample(self, label):
+        try:
+            s = self.g.agent_stats()
+            s["at"] = label
+            self.stats.append(s)
+            return s
+        except Fail as exc:
+            say("agent stats at %s: %s" % (label, exc))
+            return None
+
+    def tree_checks(self, label, timeout):
+        tree, secs = self.g.wait_tree(timeout)
+        facts = self.g.facts()
+        for name, ok, detail in validate(self.g, tree, facts):
+            self.check("%s: %s" % (label, name), ok, None, detail)
+        return secs, "%d keys on domid %d" % (len(tree), self.g.domid)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def create(self):
+        t0 = time.monotonic()
+        sh(["xl", "create"] + (["-p"] if self.g.xenopsd else []) + [self.g.cfg], 120)
+        created = time.monotonic() - t0
+        self.g.adopt(paused=self.g.xenopsd)
+        secs = self.g.wait_channel(180)
+        return time.monotonic() - t0, "xl create %.1fs, guest userspace up %.1fs later, domid %d%s" % (
+            created, secs, self.g.domid, " (unique-domain-id written while paused)" if self.g.xenopsd else "")
+
+    def address_change(self):
+        g = self.g
+        add4, add6 = g.sc["extra_ip"], g.sc["extra_ip6"]
+        g.cmd("ip addr add %s/24 dev eth0 && ip -6 addr add %s/64 dev eth0" % (add4, add6))
+
+        def present():
+            t = g.tree()
+            vals = set(v for k, v in t.items() if k.startswith("attr/vif/0/ip"))
+            return t if add4 in vals and add6 in vals else None
+
+        tree, t_add = wait_for("added %s and %s in attr/vif/0" % (add4, add6), present,
+                               CFG["address_timeout"], 0.2)
+        stable = tree.get("attr/vif/0/ipv4/0") == g.ip
+        g.cmd("ip addr del %s/24 dev eth0 && ip -6 addr del %s/64 dev eth0" % (add4, add6))
+
+        def absent():
+            t = g.tree()
+            vals = set(v for k, v in t.items() if k.startswith("attr/vif/0/ip"))
+            return t if add4 not in vals and add6 not in vals and t.get("attr/vif/0/ipv4/0") == g.ip \
+                else None
+
+        _, t_del = wait_for("removed %s and %s gone from attr/vif/0" % (add4, add6), absent,
+                            CFG["address_timeout"], 0.2)
+        if not stable:
+            raise Fail("ipv4/0 changed when an address was added: %s" % tree.get("attr/vif/0/ipv4/0"))
+        return t_add + t_del, "add seen %.2fs, removal seen %.2fs after the command returned" % (t_add, t_del)
+
+    def save_restore(self):
+        g = self.g
+        before = self.sample("before save")
+        old = g.domid
+        path = "/var/lib/xen/save/%s.chk" % g.name
+        t0 = time.monotonic()
+        sh(["xl", "save", g.name, path], 180)
+        t_save = time.monotonic() - t0
+        t1 = time.monotonic()
+        sh(["xl", "restore"] + (["-p"] if g.xenopsd else []) + [path], 180)
+        t_restore = time.monotonic() - t1
+        os.remove(path)
+        g.adopt(paused=g.xenopsd)
+        tree, t_tree = g.wait_tree(CFG["tree_timeout"])
+        after = self.sample("after restore")
+        if g.domid == old:
+            raise Fail("domid did not change (%d)" % old)
+        same = before and after and before["pid"] == after["pid"]
+        return time.monotonic() - t0, "save %.1fs, restore %.1fs, tree back %.2fs later on domid %d->%d%s" % (
+            t_save, t_restore, t_tree, old, g.domid, "" if same else " (agent pid changed!)")
+
+    def migrate(self):
+        g = self.g
+        old = g.domid
+        p = ["-p"] if g.xenopsd else []
+        receiver = "xl migrate-receive" + (" -p" if g.xenopsd else "")
+        t0 = time.monotonic()
+        sh(["xl", "migrate", "-s", ""] + p + [g.name, receiver], 240)
+        t_mig = time.monotonic() - t0
+        g.adopt(paused=g.xenopsd)
+        tree, t_tree = g.wait_tree(CFG["tree_timeout"])
+        self.sample("after migrate")
+        if g.domid == old:
+            raise Fail("domid did not change (%d)" % old)
+        return time.monotonic() - t0, "migrate %.1fs, tree back %.2fs later on domid %d->%d" % (
+            t_mig, t_tree, old, g.domid)
+
+    def console_text(self):
+        try:
+            with open(self.g.console_log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def reboot(self):
+        g = self.g
+        self.sample("before reboot")
+        old = g.domid
+        mark = len(self.console_text())
+        t0 = time.monotonic()
+        sh(["xl", "reboot", g.name], 60)
+        dom, t_down = wait_for("a new domain after reboot", lambda: (g.lookup_domid() or old) != old
+                               and g.lookup_domid(), 120, 0.3)
+        g.adopt(paused=False)
+        t1 = time.monotonic()
+        g.wait_channel(180)
+        tree, t_tree = g.wait_tree(CFG["tree_timeout"])
+        t_up = time.monotonic() - t1
+        text = self.console_text()[mark:]
+        if "reboot: Restarting system" not in text:
+            raise Fail("guest console shows no clean 'reboot: Restarting system' (domid %d->%d)"
+                       % (old, g.domid))
+        return time.monotonic() - t0, "down+recreated %.1fs, tree back %.1fs later, domid %d->%d" % (
+            t_down, t_up, old, g.domid)
+
+    def shutdown(self):
+        g = self.g
+        self.sample("before shutdown")
+        mark = len(self.console_text())
+        t0 = time.monotonic()
+        sh(["xl", "shutdown", "-w", g.name], 120)
+        t_xl = time.monotonic() - t0
+        # `xl shutdown -w` can return before the domain is destroyed (issue 6): poll.
+        _, t_gone = wait_for("domain destroyed", lambda: g.lookup_domid() is None, 60, 0.2)
+        text = self.console_text()[mark:]
+        stopped = re.search(r"agent stopped after (\d+)/10 s", text)
+        if "reboot: Power down" not in text:
+            raise Fail("guest console shows no clean 'reboot: Power down'")
+        return time.monotonic() - t0, "xl shutdown -w %.1fs, gone %.1fs later%s" % (
+            t_xl, t_gone, "; agent stopped on SIGTERM in %.1fs" % (int(stopped.group(1)) / 10)
+            if stopped else "; agent stop not seen on console")
+
+    def run(self):
+        name = self.sc["name"]
+        say("=== scenario %s: %s guest, %s ===" % (name, self.sc["type"], self.sc["mode"]))
+        try:
+            self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
+                      self.create)
+            self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
+            self.sample("tree complete")
+            self.step("address add/remove", self.address_change)
+            self.step("xl save + restore", self.save_restore)
+            self.step("xl migrate (localhost)", self.migrate)
+            self.step("tree valid after migrate", lambda: self.tree_checks("migrated", 10))
+            self.step("xl reboot", self.reboot)
+            self.step("xl shutdown", self.shutdown)
+        except Fatal:
+            pass
+        except Exception as exc:  # a bug in this script: report it as a failure, never hang
+            self.check("internal error", False, None, repr(exc))
+        if not self.ok:
+            self.g.diagnostics()
+        self.report_stats()
+        if self.g.lookup_domid() is not None:
+            run(["xl", "destroy", self.g.name], 60)
+
+    def report_stats(self):
+        if not self.stats:
+            return
+        # Per agent process (the reboot starts a new one): CPU over its lifetime, peak RSS.
+        procs = {}
+        for s in self.stats:
+            procs.setdefault(s["pid"], []).append(s)
+        parts = []
+        for pid, ss in procs.items():
+            last = ss[-1]
+            pct = 100.0 * last["cpu"] / last["alive"] if last["alive"] > 0 else 0
+            parts.append("pid %d: cpu %.2fs over %.0fs (%.1f%%), rss %d KiB, peak %d KiB" % (
+                pid, last["cpu"], last["alive"], pct, last["rss"] or 0, max(s["hwm"] or 0 for s in ss)))
+        emit("stats", scenario=self.sc["name"], samples=self.stats, summary="; ".join(parts))
+        say("%s agent: %s" % (self.sc["name"], "; ".join(parts)))
+
+
+def main():
+    with open("/proc/uptime") as f:
+        up = float(f.read().split()[0])
+    xlinfo = run(["xl", "info"], 30).stdout
+    xenver = re.search(r"xen_version\s*:\s*(\S+)", xlinfo)
+    emit("info", dom0_uptime_at_checks=up, xen_version=xenver.group(1) if xenver else None,
+         dom0_kernel=os.uname().release, agent=CFG["agent"])
+    say("checks start (dom0 uptime %.1fs), Xen %s" % (up, xenver.group(1) if xenver else "?"))
+    # The domU's initramfs: the cached base plus the per-run layer (agent + test scripts).
+    with open("/opt/xgs/domu.cpio.zst", "wb") as out:
+        for part in ("/opt/xgs/domu-base.cpio.zst", "/opt/xgs/domu-layer.cpio.zst"):
+            with open(part, "rb") as f:
+                out.write(f.read())
+    for sc in CFG["scenarios"]:
+        Scenario(sc).run()
+    say("done: %d failed check(s)" % len(FAILED))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
