@@ -153,3 +153,21 @@ def test_domain_change_triggers_full_republish(running, xenstored):
     assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=2)
     assert time.monotonic() - started < 1.0
     assert xenstored.read(f"{HOME}/data/os_name") == "Debian GNU/Linux 12 (bookworm)"
+
+
+def test_memory_move_costs_one_request(xenstored, guest):
+    from xenguest_agent.config import MemoryConfig
+    store = XenStore(xenstored.spec)
+    store.connect()
+    try:
+        config = Config(memory=MemoryConfig(threshold_kib=1, min_interval=0))
+        agent, publisher = make_agent(guest, config), Publisher(store)
+        agent.publish(store, publisher)
+        guest.set_memory(1000000)
+        mark = xenstored.mark()
+        agent.publish(store, publisher)
+        assert [(r.op, r.path) for r in xenstored.trace_requests()[mark:]] == \
+            [("WRITE", "data/meminfo_free")]
+        assert xenstored.read(f"{HOME}/data/meminfo_free") == "1000000"
+    finally:
+        store.close()

@@ -86,3 +86,17 @@ def test_invalidate_reads_back_and_repairs():
     publisher.invalidate()
     publisher.publish(desired, MARKERS, QUIET)
     assert store.leaves() == {**desired, "data/updated": "1"}
+
+
+def test_a_lone_memory_change_is_one_write_without_a_transaction():
+    store = MemStore()
+    publisher = Publisher(store)
+    desired = {"data/os_name": "X", "data/meminfo_free": "100"}
+    publisher.publish(desired, MARKERS, QUIET)
+    store.clear_log()
+    publisher.publish({**desired, "data/meminfo_free": "90"}, MARKERS, QUIET)
+    assert store.requests == [("write", "data/meminfo_free", "90")]
+    # two changes, or a non-quiet one, still go in one transaction
+    store.clear_log()
+    publisher.publish({**desired, "data/os_name": "Y", "data/meminfo_free": "80"}, MARKERS, QUIET)
+    assert store.requests[0] == ("begin",) and store.requests[-1][0] == "end"

@@ -127,13 +127,14 @@ class Publisher:
             log.warning("xenstored refused to %s %s: %s (logged once per key and error)",
                         action, path, exc)
 
-    def _nothing_to_do(self, desired: Mapping[str, str], markers: Mapping[str, str]) -> bool:
+    def _changes(self, desired: Mapping[str, str], markers: Mapping[str, str]) -> int:
+        """How many keys a publish would touch, from the cache alone (at least 1
+        when something is stale); only meaningful while the cache is valid."""
         published = self._published or {}
         keep = {**desired, **markers}
-        if any(key not in keep for key in published):
-            return False
-        return all(published.get(p) == v or self._refused_values.get(p) == v
-                   for p, v in desired.items())
+        stale = sum(1 for key in published if key not in keep)
+        return stale + sum(1 for p, v in desired.items()
+                           if published.get(p) != v and self._refused_values.get(p) != v)
 
     def publish(self, desired: Mapping[str, str], markers: Mapping[str, str] = {},
                 quiet: Iterable[str] = ()) -> PublishResult:
@@ -142,8 +143,15 @@ class Publisher:
         ``markers`` (``data/updated``...) are written, even when unchanged, after
         a full publish and whenever a key outside ``quiet`` (memory) changed."""
         quiet = frozenset(quiet)
-        if self._published is not None and self._nothing_to_do(desired, markers):
-            return PublishResult()  # idle: not even a transaction start
+        single = False
+        if self._published is not None:
+            changes = self._changes(desired, markers)
+            if changes == 0:
+                return PublishResult()  # idle: not even a transaction start
+            # one quiet key (memory) changed: a lone WRITE is atomic by itself,
+            # so it costs one request instead of a transaction's three
+            single = changes == 1 and all(
+                p in quiet for p, v in desired.items() if self._published.get(p) != v)
 
         def work(tx: Transaction) -> Tuple[PublishResult, Dict[str, str]]:
             full = self._published is None
@@ -171,6 +179,10 @@ class Publisher:
                 state[path] = value
             return result, state
 
+        if single:
+            result, state = work(Transaction(self.store, 0))
+            self._published = state
+            return result
         try:
             result, state = self.store.transact(work)  # type: ignore[misc]
         except XenStoreUnavailable:
