@@ -393,3 +393,17 @@ def test_oracle_release_is_read_before_redhat_release(tmp_path) -> None:
     (tmp_path / "etc/oracle-release").write_text("Oracle Linux Server release 6.10\n")
     info = LinuxBackend(Host(str(tmp_path)), addresses=None).os_info()
     assert (info.distro, info.major, info.minor) == ("oracle", "6", "10")
+
+
+def test_pm_freeze_timeout_is_raised_never_lowered(tmp_path) -> None:
+    power = tmp_path / "sys/power"
+    power.mkdir(parents=True)
+    (power / "pm_freeze_timeout").write_text("20000\n")
+    backend = LinuxBackend(Host(str(tmp_path)), addresses=None)
+    backend.tune_suspend(300)
+    assert (power / "pm_freeze_timeout").read_text() == "300000\n"
+    (power / "pm_freeze_timeout").write_text("900000\n")
+    backend.tune_suspend(300)
+    assert (power / "pm_freeze_timeout").read_text() == "900000\n"
+    (power / "pm_freeze_timeout").unlink()
+    backend.tune_suspend(300)  # absent (old kernel): left alone, no error
