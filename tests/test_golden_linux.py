@@ -10,16 +10,15 @@ so a regeneration can never pass silently; review ``git diff`` key by key and re
 
 from __future__ import annotations
 
-import difflib
-import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
+
+from support.golden import compare
 
 from xenguest_agent import cli
 
@@ -27,7 +26,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "linux"
 TREES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 #: The trees this suite promises to cover; a missing one is a failure, not a smaller suite.
 REQUIRED = {"debian12", "ubuntu2404", "rocky9", "alpine319", "centos6", "many-addresses"}
-UPDATE = os.environ.get("XENGUEST_UPDATE_GOLDEN") == "1"
 SUBPROCESS_TREE = "rocky9"
 
 
@@ -45,41 +43,6 @@ def empty_config(tmp_path: Path) -> Path:
     return path
 
 
-def _render(values: Dict[str, str]) -> List[str]:
-    return (json.dumps(values, indent=2, sort_keys=True) + "\n").splitlines(keepends=True)
-
-
-def _compare(tree: str, printed: str) -> None:
-    """Check (or, in update mode, write) the golden file; on a mismatch fail with a readable diff."""
-    try:
-        actual = json.loads(printed)
-    except ValueError as exc:
-        pytest.fail(f"{tree}: show did not print one JSON object ({exc}):\n{printed}", pytrace=False)
-    assert isinstance(actual, dict), f"{tree}: expected a JSON object, got {type(actual).__name__}"
-    golden = FIXTURES / tree / "expected.json"
-    if UPDATE:
-        golden.write_text(printed if printed.endswith("\n") else printed + "\n")
-        pytest.fail(f"{tree}: wrote {golden.relative_to(FIXTURES.parent.parent.parent)}; "
-                    "review every key and value (git diff) and rerun without "
-                    "XENGUEST_UPDATE_GOLDEN", pytrace=False)
-    if not golden.exists():
-        pytest.fail(f"{tree}: no {golden.name}; create it with XENGUEST_UPDATE_GOLDEN=1 and review it",
-                    pytrace=False)
-    expected = json.loads(golden.read_text())
-    if actual == expected:
-        return
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    changed = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
-    lines = [f"{tree}: output differs from {golden.name}"]
-    lines += [f"  missing  {k} = {expected[k]!r}" for k in missing]
-    lines += [f"  extra    {k} = {actual[k]!r}" for k in extra]
-    lines += [f"  changed  {k}: expected {expected[k]!r}, got {actual[k]!r}" for k in changed]
-    diff = difflib.unified_diff(_render(expected), _render(actual),
-                                fromfile=f"{tree}/expected.json", tofile="show --format json")
-    pytest.fail("\n".join(lines) + "\n\n" + "".join(diff), pytrace=False)
-
-
 def test_required_trees_present() -> None:
     assert REQUIRED <= set(TREES), f"missing fixture trees: {sorted(REQUIRED - set(TREES))}"
 
@@ -90,7 +53,7 @@ def test_show_matches_golden(tree: str, empty_config: Path,
     code = cli.main(_argv(tree, empty_config))
     out, err = capsys.readouterr()
     assert code == 0, f"{tree}: show exited {code}; stderr:\n{err}"
-    _compare(tree, out)
+    compare(FIXTURES, tree, out)
 
 
 def _console_script() -> str:
@@ -110,4 +73,4 @@ def test_console_script_matches_golden(empty_config: Path) -> None:
     done = subprocess.run([_console_script(), *_argv(SUBPROCESS_TREE, empty_config)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, f"exit {done.returncode}; stderr:\n{done.stderr}"
-    _compare(SUBPROCESS_TREE, done.stdout)
+    compare(FIXTURES, SUBPROCESS_TREE, done.stdout)

@@ -13,10 +13,10 @@ from typing import Dict
 import pytest
 
 from xenguest_agent.backends.addresses import CapturedAddresses
-from xenguest_agent.backends.base import os_info_from_release, parse_os_release, split_version
+from xenguest_agent.backends.base import (os_info_from_release, parse_os_release,
+                                          parse_resolv_domain, split_version)
 from xenguest_agent.backends.linux import (LinuxBackend, LinuxError, parse_legacy_release,
-                                           parse_lsb_release, parse_meminfo, parse_resolv_domain,
-                                           vif_from_nodename)
+                                           parse_lsb_release, parse_meminfo, vif_from_nodename)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
 

@@ -109,6 +109,15 @@ def os_info_from_release(fields: Dict[str, str], kernel: str) -> Optional[OsInfo
 
 # --- resolv.conf(5); shared by Linux and FreeBSD ------------------------------------------------
 
+def host_names_from(host_name: Optional[str], resolv_conf: Optional[str]) -> HostNames:
+    """Host name as the kernel has it; DNS domain from resolv.conf, else the part
+    of a fully qualified host name after the first dot (both OSes)."""
+    domain = parse_resolv_domain(resolv_conf) if resolv_conf else None
+    if domain is None and host_name and "." in host_name:
+        domain = host_name.split(".", 1)[1]
+    return HostNames(host_name=host_name or None, domain=domain)
+
+
 def parse_resolv_domain(text: str) -> Optional[str]:
     """The DNS domain from resolv.conf(5): ``domain`` and ``search`` are mutually
     exclusive and the last of them wins; of a search list, the first entry."""

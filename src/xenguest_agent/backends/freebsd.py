@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses, Table
 from xenguest_agent.backends.base import (make_address, os_info_from_release, parse_os_release,
-                                           parse_resolv_domain, split_version)
+                                           host_names_from, split_version)
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import CommandResult, Host
 
@@ -369,14 +369,8 @@ class FreeBSDBackend:
         """``kern.hostname``; DNS domain from resolv.conf, else the part of a fully
         qualified host name after the first dot (FreeBSD's rc.conf ``hostname`` is
         usually fully qualified)."""
-        host_name = self.sysctl().get("kern.hostname") or None
-        domain = None
-        text = self.host.read_text("/etc/resolv.conf")
-        if text:
-            domain = parse_resolv_domain(text)
-        if domain is None and host_name and "." in host_name:
-            domain = host_name.split(".", 1)[1]
-        return HostNames(host_name=host_name, domain=domain)
+        return host_names_from(self.sysctl().get("kern.hostname"),
+                               self.host.read_text("/etc/resolv.conf"))
 
     def power_commands(self) -> Dict[str, Tuple[str, ...]]:
         """shutdown(8): ``-p`` powers off, ``-r`` reboots, ``-h`` halts."""

@@ -12,8 +12,8 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
-from xenguest_agent.backends.base import (  # parse_resolv_domain: re-exported, shared with FreeBSD
-    os_info_from_release, parse_os_release, parse_resolv_domain, split_version)
+from xenguest_agent.backends.base import (host_names_from, os_info_from_release, parse_os_release,
+                                          split_version)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
 
@@ -247,11 +247,5 @@ class LinuxBackend:
     def host_names(self) -> HostNames:
         """Host name from kernel/sysctl ``hostname``; DNS domain from resolv.conf,
         else the part after the first dot of a fully qualified host name."""
-        host_name = self.host.read_line("/proc/sys/kernel/hostname") or None
-        domain = None
-        text = self.host.read_text("/etc/resolv.conf")
-        if text:
-            domain = parse_resolv_domain(text)
-        if domain is None and host_name and "." in host_name:
-            domain = host_name.split(".", 1)[1]
-        return HostNames(host_name=host_name, domain=domain)
+        return host_names_from(self.host.read_line("/proc/sys/kernel/hostname"),
+                               self.host.read_text("/etc/resolv.conf"))
