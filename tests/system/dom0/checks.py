@@ -191,16 +191,30 @@ class Guest:
             return None
         return tree
 
+    def agent_dead(self):
+        """None while the agent runs, else the tail of its log (it exited)."""
+        rc, out = self.cmd("kill -0 $(cat /run/agent.pid) 2>/dev/null || tail -n 25 /var/log/agent.log",
+                           20, check=False)
+        return out if out.strip() else None
+
     def wait_tree(self, timeout):
-        last = {}
+        last = {"alive_check": time.monotonic()}
 
         def complete():
             last["tree"] = self.tree()
-            return self.tree_complete(last["tree"])
+            done = self.tree_complete(last["tree"])
+            if not done and time.monotonic() - last["alive_check"] > 8:
+                last["alive_check"] = time.monotonic()
+                dead = self.agent_dead()
+                if dead:
+                    raise Fail("the agent exited; its log ends:\n" + dead)
+            return done
 
         try:
             return wait_for("complete agent tree", complete, timeout, 0.3)
         except Fail as exc:
+            if "the agent exited" in str(exc):
+                raise
             have = last.get("tree", {})
             missing = [k for k in REQUIRED if k not in have]
             raise Fail("%s; missing %s; attr/vif/0/ipv4/0=%r" % (exc, missing or "nothing",
@@ -286,9 +300,12 @@ class Scenario:
 
     def check(self, name, ok, secs=None, detail=""):
         emit("check", scenario=self.sc["name"], name=name, ok=bool(ok),
-             secs=None if secs is None else round(secs, 2), detail=detail)
+             secs=None if secs is None else round(secs, 2), detail=detail.split("\n")[0])
+        first, _, rest = detail.partition("\n")
         say("%s %-28s %s %s" % (self.sc["name"], name, "ok  " if ok else "FAIL",
-                                ("%.2fs " % secs if secs is not None else "") + detail))
+                                ("%.2fs " % secs if secs is not None else "") + first))
+        if rest:
+            diag("%s: %s" % (self.sc["name"], name), rest)
         if not ok:
             self.ok = False
             FAILED.append("%s: %s" % (self.sc["name"], name))
