@@ -450,6 +450,19 @@ class Scenario:
         return time.monotonic() - t0, "migrate %.1fs, tree back %.2fs later on domid %d->%d" % (
             t_mig, t_tree, old, g.domid)
 
+    def watch_note(self, domid, timeout=60):
+        """rc.shutdown's note under the (old) domain's test/, polled until the domain is gone."""
+        path = "/local/domain/%d/test/note" % domid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            val = xs_read(path)
+            if val:
+                return val
+            if run(["xl", "list", str(domid)], 30).returncode != 0:
+                return None
+            time.sleep(0.2)
+        return None
+
     def console_text(self):
         try:
             with open(self.g.console_log, errors="replace") as f:
@@ -464,6 +477,7 @@ class Scenario:
         mark = len(self.console_text())
         t0 = time.monotonic()
         sh(["xl", "reboot", g.name], 60)
+        note = self.watch_note(old)
         dom, t_down = wait_for("a new domain after reboot", lambda: (g.lookup_domid() or old) != old
                                and g.lookup_domid(), 120, 0.3)
         g.adopt(paused=False)
@@ -472,19 +486,24 @@ class Scenario:
         tree, t_tree = g.wait_tree(CFG["tree_timeout"])
         t_up = time.monotonic() - t1
         text = self.console_text()[mark:]
-        if "reboot: Restarting system" not in text:
-            raise Fail("guest console shows no clean 'reboot: Restarting system' (domid %d->%d)"
-                       % (old, g.domid))
-        return time.monotonic() - t0, "down+recreated %.1fs, tree back %.1fs later, domid %d->%d" % (
-            t_down, t_up, old, g.domid)
+        # Evidence of an orderly reboot: rc.shutdown's note in XenStore (read before the old domain
+        # went away) or the kernel's last line on the console (xenconsoled may not log a console
+        # of a domain that arrived by migration).
+        if not note and "reboot: Restarting system" not in text:
+            raise Fail("no sign of an orderly reboot (no rc.shutdown note, no 'reboot: Restarting "
+                       "system' on the console; domid %d->%d)" % (old, g.domid))
+        return time.monotonic() - t0, "down+recreated %.1fs, tree back %.1fs later, domid %d->%d; %s" % (
+            t_down, t_up, old, g.domid, note or "console: reboot: Restarting system")
 
     def shutdown(self):
         g = self.g
         self.sample("before shutdown")
         mark = len(self.console_text())
         t0 = time.monotonic()
-        sh(["xl", "shutdown", "-w", g.name], 120)
+        r = run(["xl", "shutdown", "-w", g.name], 120)
         t_xl = time.monotonic() - t0
+        if r.returncode != 0:
+            raise Fail("xl shutdown -w -> exit %d: %s" % (r.returncode, r.stdout.strip()[-400:]))
         # `xl shutdown -w` can return before the domain is destroyed (issue 6): poll.
         _, t_gone = wait_for("domain destroyed", lambda: g.lookup_domid() is None, 60, 0.2)
         text = self.console_text()[mark:]
@@ -526,16 +545,21 @@ class Scenario:
     def report_stats(self):
         if not self.stats:
             return
-        # Per agent process (the reboot starts a new one): CPU over its lifetime, peak RSS.
-        procs = {}
-        for s in self.stats:  # one agent process per boot: key on pid and start time
-            procs.setdefault((s["pid"], round(s["start"])), []).append(s)
+        # Per agent process: CPU over its lifetime (start-up included), RSS now and at its peak.
+        # One agent process per boot. The pid repeats across reboots (same boot sequence), so a new
+        # process is also one whose age went down.
+        procs = []
+        for s in self.stats:
+            if not procs or s["pid"] != procs[-1][-1]["pid"] or s["alive"] < procs[-1][-1]["alive"]:
+                procs.append([])
+            procs[-1].append(s)
         parts = []
-        for (pid, _), ss in procs.items():
-            last = ss[-1]
+        for n, ss in enumerate(procs, 1):
+            pid, last = ss[0]["pid"], ss[-1]
             pct = 100.0 * last["cpu"] / last["alive"] if last["alive"] > 0 else 0
-            parts.append("pid %d: cpu %.2fs over %.0fs (%.1f%%), rss %d KiB, peak %d KiB" % (
-                pid, last["cpu"], last["alive"], pct, last["rss"] or 0, max(s["hwm"] or 0 for s in ss)))
+            parts.append("boot %d pid %d: cpu %.2fs in %.0fs (%.1f%%), rss %d KiB, peak %d KiB" % (
+                n, pid, last["cpu"], last["alive"], pct, last["rss"] or 0,
+                max(s["hwm"] or 0 for s in ss)))
         emit("stats", scenario=self.sc["name"], samples=self.stats, summary="; ".join(parts))
         say("%s agent: %s" % (self.sc["name"], "; ".join(parts)))
 

@@ -144,5 +144,19 @@ def main():
         time.sleep(POLL)
 
 
+def note(text):
+    """`ctl.py note TEXT`: leave TEXT in test/note (rc.shutdown tells dom0 the agent stopped)."""
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(10)
+    xb = XenBus()
+    try:
+        xb.write("test/note", text.encode("ascii", "replace"))
+    finally:
+        xb.close()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["note"]:
+        note(" ".join(sys.argv[2:]))
+    else:
+        main()
