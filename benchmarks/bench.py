@@ -170,6 +170,18 @@ def event_latency(xs: Xenstored, work: Path, changes: int, churn: int, window: f
     return rows
 
 
+def published_agent(xs: Xenstored, guest: GuestRoot) -> "tuple[XenStore, Agent, Publisher]":
+    """A fresh xenstored, an in-process agent on ``guest`` and its first full publish."""
+    xs.restart()
+    store = XenStore(xs.spec)
+    store.connect()
+    host = Host(str(guest.root))
+    agent = Agent(LinuxBackend(host, CapturedAddresses(host)), Config())
+    publisher = Publisher(store)
+    agent.publish(store, publisher)
+    return store, agent, publisher
+
+
 def scale_case(xs: Xenstored, work: Path, repeat: int) -> "list[tuple]":
     """256 interfaces with 16 addresses each (8 IPv4 + 8 IPv6); 8 of them VIFs."""
     guest = GuestRoot(work / "scale")
@@ -178,13 +190,7 @@ def scale_case(xs: Xenstored, work: Path, repeat: int) -> "list[tuple]":
         addresses = [f"10.{n}.{k}.1" for k in range(8)] + [f"2001:db8:{n:x}:{k:x}::1" for k in range(8)]
         guest.nic(f"eth{n}" if vif is not None else f"veth{n}", vif, f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
                   addresses)
-    xs.restart()
-    store = XenStore(xs.spec)
-    store.connect()
-    host = Host(str(guest.root))
-    agent = Agent(LinuxBackend(host, CapturedAddresses(host)), Config())
-    publisher = Publisher(store)
-    agent.publish(store, publisher)
+    store, agent, publisher = published_agent(xs, guest)
     nodes = len(xs.dump(HOME))
     walls = []
     for _ in range(repeat):
@@ -223,13 +229,7 @@ def bench(quick: bool) -> None:
                          BASELINE["rss"]))
 
             # one collect+diff cycle, in process, warm
-            xs.restart()
-            store = XenStore(xs.spec)
-            store.connect()
-            host = Host(str(guest.root))
-            agent = Agent(LinuxBackend(host, CapturedAddresses(host)), Config())
-            publisher = Publisher(store)
-            agent.publish(store, publisher)
+            store, agent, publisher = published_agent(xs, guest)
             walls, cpus = [], []
             for _ in range(100 if quick else 500):
                 w0, c0 = time.perf_counter(), time.process_time()
