@@ -514,12 +514,21 @@ class Xenstored:
         """
         # xenstored refuses a path with a trailing slash (EINVAL); "/" itself is fine.
         prefix = prefix.rstrip("/") or "/"
-        proc = self.cli("xenstore-ls", "-f", prefix, check=False)
-        if proc.returncode != 0:
-            if b"No such file or directory" in proc.stderr and self.running:
-                return {}
-            raise XenstoredError(self._cli_failure(["xenstore-ls", "-f", prefix], proc))
-        return parse_ls(proc.stdout, prefix)
+        # xenstore-ls -s lists then reads node by node, with no transaction: a node removed
+        # in between (an agent sweeping while the test looks) prints a "path:" error line.
+        # The walk is then retried; three torn walks in a row are a real failure.
+        for attempt in range(3):
+            proc = self.cli("xenstore-ls", "-f", prefix, check=False)
+            if proc.returncode != 0:
+                if b"No such file or directory" in proc.stderr and self.running:
+                    return {}
+                raise XenstoredError(self._cli_failure(["xenstore-ls", "-f", prefix], proc))
+            try:
+                return parse_ls(proc.stdout, prefix)
+            except XenstoredError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def control(self, *args: str) -> str:
         """A XS_CONTROL command through the real xenstore-control, e.g. control("quota").
