@@ -86,7 +86,6 @@ class Control:
         self.pending: Optional[Pending] = None
         self.seen_kernel_features: Set[str] = set()
         self._refused: Dict[str, None] = {}
-        self.performed: list = []  # (request, argv, returncode) for logs and tests
 
     # --- feature flags -----------------------------------------------------------------------
 
@@ -180,14 +179,11 @@ class Control:
             self.hooks.run(HOOK_FOR[request], {"request": request})
         try:
             result = self.run(argv, timeout=60.0)
-            returncode: Optional[int] = result.returncode
             if result.returncode != 0:
                 log.error("%s exited %d: %s", argv[0], result.returncode,
                           (result.stderr or result.stdout).strip()[:500])
         except CommandError as exc:
-            returncode = None
             log.error("could not run %s: %s", " ".join(argv), exc)
-        self.performed.append((request, argv, returncode))
         self.pending = None
 
     def _refuse(self, value: str) -> None:

@@ -96,7 +96,6 @@ class Daemon:
         self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
-        self.net_notifications = 0
 
     # --- producers -----------------------------------------------------------------------
 
@@ -247,7 +246,6 @@ class Daemon:
         elif kind == "watch":
             self._guarded(lambda: self._on_watch_event(event[2]))
         elif kind == "net":
-            self.net_notifications += 1
             only = None if event[1] == RESYNC else ("interfaces",)
             self._guarded(lambda: self._publish(only))
 

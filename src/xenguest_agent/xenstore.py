@@ -231,15 +231,20 @@ class XenStore:
     def _encode(path: str) -> bytes:
         return path.encode("ascii")
 
-    def read(self, path: str, tx_id: int = 0) -> Optional[str]:
-        """The value, or None if the node does not exist."""
+    def _request_node(self, op: int, path: str, tx_id: int) -> Optional[bytes]:
+        """A request about one node; None when xenstored says ENOENT (the node is
+        not there).  XenStoreUnavailable carries ENOTCONN, so it always propagates."""
         try:
-            payload = self._request(Op.READ, self._encode(path) + NUL, tx_id, path=path)
+            return self._request(op, self._encode(path) + NUL, tx_id, path=path)
         except XenStoreError as exc:
-            if exc.errno == errno.ENOENT and not isinstance(exc, XenStoreUnavailable):
+            if exc.errno == errno.ENOENT:
                 return None
             raise
-        return payload.decode("ascii", "replace")
+
+    def read(self, path: str, tx_id: int = 0) -> Optional[str]:
+        """The value, or None if the node does not exist."""
+        payload = self._request_node(Op.READ, path, tx_id)
+        return None if payload is None else payload.decode("ascii", "replace")
 
     def write(self, path: str, value: str, tx_id: int = 0) -> None:
         """Write ``value`` (may be empty), creating missing parents."""
@@ -249,25 +254,15 @@ class XenStore:
     def rm(self, path: str, tx_id: int = 0) -> None:
         """Remove a node and its children; a node that is already gone is fine."""
         log.debug("xenstore rm%s %s", f" (tx {tx_id})" if tx_id else "", path)
-        try:
-            self._request(Op.RM, self._encode(path) + NUL, tx_id, path=path)
-        except XenStoreError as exc:
-            if exc.errno != errno.ENOENT or isinstance(exc, XenStoreUnavailable):
-                raise
+        self._request_node(Op.RM, path, tx_id)
 
     def ls(self, path: str, tx_id: int = 0) -> Optional[List[str]]:
         """Child names, or None if the node does not exist."""
-        try:
-            payload = self._request(Op.DIRECTORY, self._encode(path) + NUL, tx_id, path=path)
-        except XenStoreError as exc:
-            if exc.errno == errno.ENOENT and not isinstance(exc, XenStoreUnavailable):
-                return None
-            raise
+        payload = self._request_node(Op.DIRECTORY, path, tx_id)
+        if payload is None:
+            return None
         payload = payload.rstrip(NUL)
         return [name.decode("ascii", "replace") for name in payload.split(NUL)] if payload else []
-
-    def get_domain_path(self, domid: int) -> str:
-        return self._request(Op.GET_DOMAIN_PATH, str(domid).encode() + NUL).rstrip(NUL).decode()
 
     # --- transactions --------------------------------------------------------------------
 
