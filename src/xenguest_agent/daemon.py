@@ -1,21 +1,25 @@
-"""The long-running loop: one event queue, one consumer.
+"""The long-running loop: one thread waits in poll(), everything else sets flags.
 
-Producers put events on one queue: XenStore watch events (on the watch
-connection's thread), network change notifications (rtnetlink or the FreeBSD
-routing socket, coalesced; netevents.py) and signals.  Timers are deadlines
-the consumer computes, so no timer threads exist:
+Producers never hand work to the loop through a lock: signal handlers set a
+flag (and CPython's C handler writes a byte to the wakeup pipe), the watch
+connection's thread appends to a bounded deque, the network event source sets a
+flag; each then wakes the loop through :class:`~xenguest_agent.wakeup.Wakeup`.
+The loop coalesces what accumulated into "dirty" flags and does the work once
+per wake-up, control requests first, so nothing can pile up behind anything.
+
+Timers are deadlines the loop computes:
 
 * with a network event source: interfaces are re-collected on each
   notification, memory every ``memory.min_interval`` seconds, everything every
   ``interval`` seconds (the safety sweep, in case an event was missed);
 * without one: everything every ``poll_interval`` seconds (said at start-up);
-* the shutdown grace period of a pending control request.
-
-The consumer is the only thread that talks to XenStore.
+* the shutdown grace period of a pending control request;
+* the reconnect backoff while XenStore is unreachable.
 
 Failure policy: a XenStore error never ends the daemon.  A lost connection is
-re-established with exponential backoff (0.5 s doubling to 30 s) and followed by
-a full republish, because a restarted xenstored has an empty tree.
+retried with a short exponential backoff (a local socket or device is cheap to
+try) and followed by a full republish, because a restarted xenstored has an
+empty tree.  Signals are served while disconnected.
 
 Resume and migration: the guest's XenStore tree is not migrated, so after a
 restore or migration every key is gone and the domain may have a new domid.
@@ -24,25 +28,26 @@ Signs, any of which triggers a full republish and the post-resume hooks:
 changed (plain xl: a restore or migration makes a new domain), or the clock
 jumped (CLOCK_BOOTTIME advances over a suspend, CLOCK_MONOTONIC does not: a
 checkpoint or a suspend/resume in place keeps domid).  After a resume the
-kernel re-registers every watch and each fires once, so the check runs on
-every watch event.
+kernel re-registers every watch of the xenbus device and each fires once.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
+import select
 import signal
 import threading
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Deque, Optional, Set, Tuple
 
-from xenguest_agent.agent import Agent
+from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
 from xenguest_agent.control import SHUTDOWN_KEY, Control
 from xenguest_agent.hooks import Hooks
 from xenguest_agent.netevents import RESYNC, NetworkEvents
 from xenguest_agent.publisher import Publisher
+from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,17 +57,29 @@ log = logging.getLogger(__name__)
 UNIQUE_DOMAIN_ID = "unique-domain-id"
 DOMID = "domid"
 
-TOKEN_DOMAIN = "xenguest-agent:domain"
-TOKEN_SHUTDOWN = "xenguest-agent:shutdown"
 
-Event = Tuple[str, ...]
+def token_for(path: str) -> str:
+    """One token per watch: FreeBSD's /dev/xen/xenstore refuses a second XS_WATCH
+    with a token already registered on the same open file (EINVAL), while
+    Linux's xenbus device accepts it.  The path makes every token distinct."""
+    return f"xenguest-agent:{path}"
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
+
+TOKEN_SHUTDOWN = token_for(SHUTDOWN_KEY)
+DOMAIN_TOKENS = frozenset({token_for(DOMID), token_for(UNIQUE_DOMAIN_ID)})
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
+
+#: Watch events kept between two wake-ups; past this the loop treats the batch
+#: as "anything may have changed" (a full check) instead of growing.
+WATCH_BACKLOG = 1024
 
 #: A gap between CLOCK_BOOTTIME and CLOCK_MONOTONIC that grew by more than this
 #: means the domain was suspended (the loop never sleeps this long unnoticed).
 SUSPEND_JUMP = 2.0
+
+ALL = frozenset(COLLECTORS)
 
 
 def suspended_seconds() -> float:
@@ -90,98 +107,148 @@ class Daemon:
         self.net_events = net_events
         self.clock = clock
         self.suspended = suspended
-        self.events: "queue.Queue[Event]" = queue.Queue()
+        self.wakeup = Wakeup()
+        # flags set by producers (signal handlers, other threads); read and cleared by the loop
+        self._stop_requested = False
+        self._hup_requested = False
+        self._net_changed = False
+        self._net_resync = False
+        self._watch_overflow = False
+        self._watch_events: Deque[Tuple[str, str]] = collections.deque()
+        # loop state
         self._stopping = False
+        self._connected = False
+        self._backoff = BACKOFF_FIRST
+        self._next_reconnect = 0.0
+        self._dirty: Set[str] = set()
+        self._full = False
         self._domain: Tuple[Optional[str], Optional[str]] = (None, None)
         self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
 
-    # --- producers -----------------------------------------------------------------------
+    # --- producers (any thread, or a signal handler): flags and a wake-up only -------------
 
     def stop(self) -> None:
-        """Ask the loop to finish (thread-safe)."""
-        self.events.put(("stop",))
+        """Ask the loop to finish (thread-safe, signal-safe)."""
+        self._stop_requested = True
+        self.wakeup.wake()
 
-    def _on_watch(self, path: str, token: str) -> None:
-        self.events.put(("watch", path, token))
+    def _on_watch(self, path: str, token: str) -> None:  # on the watch connection's thread
+        if len(self._watch_events) >= WATCH_BACKLOG:
+            self._watch_overflow = True
+        else:
+            self._watch_events.append((path, token))
+        self.wakeup.wake()
 
     def _on_network(self, kind: str) -> None:  # on the event source's thread
-        self.events.put(("net", kind))
+        if kind == RESYNC:
+            self._net_resync = True
+        else:
+            self._net_changed = True
+        self.wakeup.wake()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self.events.put(("signal", str(signum)))
+        if signum == signal.SIGHUP:
+            self._hup_requested = True
+        else:
+            self._stop_requested = True
+        # the C-level handler already wrote to the wakeup fd (set_wakeup_fd)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the daemon; SIGHUP forces a full republish."""
         if threading.current_thread() is not threading.main_thread():
             return
+        signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
 
     # --- XenStore session ----------------------------------------------------------------
 
+    def _read_key(self, path: str) -> Optional[str]:
+        """A read whose refusal concerns this key only (None, logged)."""
+        try:
+            return self.store.read(path)
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            return None
+
     def _read_domain(self) -> Tuple[Optional[str], Optional[str]]:
-        return self.store.read(DOMID), self.store.read(UNIQUE_DOMAIN_ID)
+        return self._read_key(DOMID), self._read_key(UNIQUE_DOMAIN_ID)
+
+    def _watch(self, path: str) -> None:
+        """One watch; a refusal about this path is logged and the others still go."""
+        try:
+            self.store.watch(path, token_for(path))
+        except XenStoreUnavailable:
+            raise
+        except XenStoreError as exc:
+            log.warning("cannot watch %s: %s", path, exc)
 
     def _start_session(self) -> None:
-        """Watches, then a full publish (the tree may be empty or someone else's)."""
+        """Watches first (nothing that can fail for one key comes before them), then a
+        full publish: the tree may be empty or someone else's."""
         self.store.on_event(self._on_watch)
+        if self.control is not None:
+            self._watch(SHUTDOWN_KEY)
+        self._watch(DOMID)
+        self._watch(UNIQUE_DOMAIN_ID)
+        self._connected = True
         self._domain = self._read_domain()
         if self.control is not None:
             self.control.learn(self.store)
-        self.store.watch(UNIQUE_DOMAIN_ID, TOKEN_DOMAIN)
-        self.store.watch(DOMID, TOKEN_DOMAIN)
-        if self.control is not None:
-            self.store.watch(SHUTDOWN_KEY, TOKEN_SHUTDOWN)
-        self.agent.forget()
-        self.publisher.invalidate()
-        self._publish()
+        self._full = True
+        self._publish_dirty()
 
     def _publish(self, only: Optional[Tuple[str, ...]] = None) -> None:
         extra = self.control.advertised() if self.control is not None else None
         self.agent.publish(self.store, self.publisher, extra, only)
         self.rounds += 1
 
-    def _reconnect(self) -> bool:
-        """Reconnect with backoff until it works or a stop arrives; True if connected."""
-        delay = BACKOFF_FIRST
-        while not self._stopping:
-            try:
-                self.store.connect()
-                self._start_session()
-                log.info("XenStore connection re-established; full republish done")
-                return True
-            except XenStoreError as exc:
-                log.warning("XenStore still unavailable (%s); retrying in %.1fs", exc, delay)
-                self.store.close()
-            self._wait_or_stop(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-        return False
+    def _publish_dirty(self) -> None:
+        full, dirty = self._full, self._dirty
+        if not full and not dirty:
+            return
+        self._full, self._dirty = False, set()
+        if full:
+            self.agent.forget()
+            self.publisher.invalidate()
+        self._publish(None if full or dirty >= ALL else tuple(sorted(dirty)))
 
-    def _wait_or_stop(self, seconds: float) -> None:
-        deadline = self.clock() + seconds
-        while not self._stopping:
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                return
-            try:
-                event = self.events.get(timeout=remaining)
-            except queue.Empty:
-                return
-            if event[0] == "stop" or (event[0] == "signal" and event[1] != str(int(signal.SIGHUP))):
-                self._stopping = True
+    def _lost(self, exc: XenStoreError) -> None:
+        log.warning("lost XenStore: %s; reconnecting", exc)
+        self.store.close()
+        self._connected = False
+        self._backoff = BACKOFF_FIRST
+        self._next_reconnect = self.clock()
+
+    def _try_reconnect(self) -> None:
+        try:
+            self.store.connect()
+            self._start_session()
+        except XenStoreUnavailable as exc:
+            self.store.close()
+            self._connected = False
+            log.warning("XenStore still unavailable (%s); retrying in %.1fs", exc, self._backoff)
+            self._next_reconnect = self.clock() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            return
+        except XenStoreError as exc:  # connected, but a refusal: publish retries next round
+            log.warning("XenStore refused a request after reconnecting: %s", exc)
+        log.info("XenStore connection re-established; full republish done")
 
     def _guarded(self, action: Callable[[], None]) -> None:
         """Run one step; a broken connection leads to reconnect, other errors to a log line."""
+        if not self._connected:
+            return
         try:
             action()
             if not self.store.watching:
                 raise XenStoreUnavailable("the watch connection was lost")
         except XenStoreUnavailable as exc:
-            log.warning("lost XenStore: %s", exc)
-            self.store.close()
-            self._reconnect()
+            self._lost(exc)
         except XenStoreError as exc:
             log.warning("XenStore refused a request: %s; retrying next round", exc)
         except Exception:  # a bug must not end a guest agent; say it loudly and go on
@@ -204,9 +271,8 @@ class Daemon:
         if self.control is not None:
             self.control.forget()
             self.control.learn(self.store)
-        self.agent.forget()
-        self.publisher.invalidate()
-        self._publish()
+        self._full = True
+        self._publish_dirty()
         if self.hooks is not None:
             details = {"old_domid": old_domid or "", "new_domid": domid or "",
                        "unique_domain_id": uuid or "", "old_unique_domain_id": old_uuid or ""}
@@ -223,31 +289,48 @@ class Daemon:
         else:
             self._suspended_base = max(self._suspended_base, now)
 
-    # --- events --------------------------------------------------------------------------
+    # --- one wake-up's worth of work -----------------------------------------------------
 
-    def _on_watch_event(self, token: str) -> None:
-        self._check_resume()
-        if token == TOKEN_SHUTDOWN and self.control is not None:
-            self.control.on_event(self.store)
+    def _take_watch_events(self) -> Tuple[bool, bool]:
+        """(a domain key may have changed, control/shutdown may have changed)."""
+        domain = control = self._watch_overflow
+        self._watch_overflow = False
+        while self._watch_events:
+            _path, token = self._watch_events.popleft()
+            if token in DOMAIN_TOKENS:
+                domain = True
+            elif token == TOKEN_SHUTDOWN:
+                control = True
+        return domain, control
 
-    def _handle(self, event: Event) -> None:
-        kind = event[0]
-        if kind == "stop":
+    def _serve(self) -> None:
+        """Everything the flags say happened, control first, then one publish."""
+        if self._stop_requested:
             self._stopping = True
-        elif kind == "signal":
-            if int(event[1]) == signal.SIGHUP:
-                log.info("SIGHUP: full republish")
-                self.agent.forget()
-                self.publisher.invalidate()
-                self._guarded(self._publish)
-            else:
-                log.info("signal %s: stopping", event[1])
-                self._stopping = True
-        elif kind == "watch":
-            self._guarded(lambda: self._on_watch_event(event[2]))
-        elif kind == "net":
-            only = None if event[1] == RESYNC else ("interfaces",)
-            self._guarded(lambda: self._publish(only))
+            return
+        if self._hup_requested:
+            self._hup_requested = False
+            log.info("SIGHUP: full republish")
+            self._full = True
+        domain, control = self._take_watch_events()
+        if domain:
+            self._guarded(self._check_resume)
+        if control and self.control is not None:
+            self._guarded(lambda: self.control.on_event(self.store))  # type: ignore[union-attr]
+        if self._net_resync:
+            self._net_resync = self._net_changed = False
+            self._dirty |= ALL
+        elif self._net_changed:
+            self._net_changed = False
+            self._dirty.add("interfaces")
+
+    def _control_deadline(self, now: float) -> None:
+        control = self.control
+        if control is None:
+            return
+        deadline = control.deadline()
+        if deadline is not None and now >= deadline:
+            self._guarded(lambda: control.on_deadline(self.store))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -268,43 +351,51 @@ class Daemon:
         if self.net_events is not None and self.net_events.start(self._on_network):
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
                      self.net_events.name, self.config.memory.min_interval, self.config.interval)
-            tick, tick_only = max(self.config.memory.min_interval, 0.5), ("memory",)
-            sweep = self.config.interval
+            tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
+            sweep: Optional[float] = self.config.interval
         else:
             log.info("network changes: no event source here; polling everything every %gs",
                      self.config.poll_interval)
-            tick, tick_only, sweep = self.config.poll_interval, None, None
+            tick, tick_only, sweep = self.config.poll_interval, ALL, None
         try:
             return self._loop(tick, tick_only, sweep)
         finally:
             if self.net_events is not None:
                 self.net_events.stop()
+            self.wakeup.close()
 
-    def _loop(self, tick: float, tick_only: Optional[Tuple[str, ...]], sweep: Optional[float]) -> int:
+    def _loop(self, tick: float, tick_only: frozenset, sweep: Optional[float]) -> int:
+        poller = select.poll()
+        poller.register(self.wakeup.read_fd, select.POLLIN)
         next_round = self.clock() + tick
         next_sweep = None if sweep is None else self.clock() + sweep
-        while not self._stopping:
-            deadlines = [next_round] + ([next_sweep] if next_sweep is not None else [])
+        while True:
+            self._serve()
+            if self._stopping:
+                break
+            now = self.clock()
+            if not self._connected:
+                if now >= self._next_reconnect:
+                    self._try_reconnect()
+            else:
+                self._check_clock()
+                self._control_deadline(now)
+                if next_sweep is not None and now >= next_sweep:
+                    self._dirty |= ALL  # the safety sweep: collect and compare everything
+                    next_sweep = now + sweep  # type: ignore[operator]
+                    next_round = now + tick
+                elif now >= next_round:
+                    self._dirty |= tick_only
+                    next_round = now + tick
+                self._guarded(self._publish_dirty)
+            deadlines = [next_round] if self._connected else [self._next_reconnect]
+            if self._connected and next_sweep is not None:
+                deadlines.append(next_sweep)
             control_deadline = self.control.deadline() if self.control is not None else None
             if control_deadline is not None:
                 deadlines.append(control_deadline)
             timeout = max(0.0, min(deadlines) - self.clock())
-            try:
-                self._handle(self.events.get(timeout=timeout))
-            except queue.Empty:
-                pass
-            if self._stopping:
-                break
-            self._check_clock()
-            now = self.clock()
-            if control_deadline is not None and now >= control_deadline and self.control is not None:
-                self._guarded(lambda: self.control.on_deadline(self.store))  # type: ignore[union-attr]
-            if next_sweep is not None and now >= next_sweep:
-                self._guarded(self._publish)
-                next_sweep = self.clock() + sweep  # type: ignore[operator]
-                next_round = self.clock() + tick
-            elif now >= next_round:
-                self._guarded(lambda: self._publish(tick_only))
-                next_round = self.clock() + tick
+            poller.poll(timeout * 1000.0 + 1.0)  # +1 ms: never wake just before a deadline
+            self.wakeup.drain()
         log.info("stopped after %d rounds", self.rounds)
         return 0
