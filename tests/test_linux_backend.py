@@ -6,6 +6,10 @@ inline case here; each distro's whole layout is a tree under tests/fixtures/linu
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Dict
@@ -407,3 +411,58 @@ def test_pm_freeze_timeout_is_raised_never_lowered(tmp_path) -> None:
     assert (power / "pm_freeze_timeout").read_text() == "900000\n"
     (power / "pm_freeze_timeout").unlink()
     backend.tune_suspend(300)  # absent (old kernel): left alone, no error
+
+
+# --- the live address source, in a network namespace ---------------------------------------
+#
+# Interface names: the kernel accepts any bytes but '/', ':' and white space, shorter than
+# IFNAMSIZ (net/core/dev.c, dev_valid_name), so a name need not be UTF-8.  A labelled IPv4
+# address (``ip addr add ... label eth0:1``) is still an address of eth0: the label is only
+# IFA_LABEL on the address (net/ipv4/devinet.c, inet_fill_ifaddr), its ifa_index is eth0's.
+
+LIVE_INTERFACES = """
+import json
+from xenguest_agent.backends.linux import LinuxBackend
+from xenguest_agent.host import Host
+found = LinuxBackend(Host("/")).interfaces()
+print(json.dumps({i.name.encode("utf-8", "surrogateescape").hex():
+                  {"addresses": [a.address for a in i.addresses], "mac": i.mac} for i in found}))
+"""
+
+
+def ns_ip(ns: str, *args: str) -> None:
+    done = subprocess.run(["ip", "-n", ns, *args], capture_output=True, timeout=30)
+    if done.returncode != 0:
+        pytest.fail(f"ip -n {ns} {' '.join(args)}: {done.stderr.decode(errors='replace')}",
+                    pytrace=False)
+
+
+def live_interfaces(ns: str) -> Dict[bytes, Dict[str, object]]:
+    """LinuxBackend(Host("/")).interfaces() run inside the namespace: name (bytes) -> facts."""
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-W", "error::ResourceWarning",
+                           "-c", LIVE_INTERFACES], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {bytes.fromhex(name): facts for name, facts in json.loads(done.stdout).items()}
+
+
+def test_live_non_utf8_interface_name_does_not_break_the_round(netns: str) -> None:
+    weird = b"e\xffx"  # valid for dev_valid_name, not UTF-8
+    name = os.fsdecode(weird)  # argv bytes survive as surrogates (PEP 383)
+    ns_ip(netns, "link", "add", name, "type", "veth", "peer", "name", "p1")
+    ns_ip(netns, "link", "set", "p1", "address", "02:00:00:00:00:01")
+    ns_ip(netns, "addr", "add", "10.6.0.1/24", "dev", "p1")
+    ns_ip(netns, "addr", "add", "10.5.0.1/24", "dev", name)
+    found = live_interfaces(netns)
+    assert found[b"p1"]["addresses"] == ["10.6.0.1"]
+    assert found[b"p1"]["mac"] == "02:00:00:00:00:01"
+    assert found[weird]["addresses"] == ["10.5.0.1"]  # still reported, under its own bytes
+
+
+def test_live_labelled_alias_is_reported_under_its_interface(netns: str) -> None:
+    ns_ip(netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    ns_ip(netns, "addr", "add", "10.1.2.3/24", "dev", "v0", "label", "v0:1")
+    ns_ip(netns, "addr", "add", "10.1.2.4/24", "dev", "v0")
+    ns_ip(netns, "addr", "add", "10.9.0.1/24", "dev", "v0", "label", "v0:vip")
+    found = live_interfaces(netns)
+    assert sorted(found) == [b"lo", b"v0", b"v1"]  # no "v0:1" pseudo-interface
+    assert found[b"v0"]["addresses"] == ["10.1.2.3", "10.1.2.4", "10.9.0.1"]

@@ -3,6 +3,7 @@ the real xenstored: an address added or removed, and a NIC hot-plugged and
 unplugged, reach XenStore without any polling (the memory tick and the safety
 sweep are set far beyond the test's waits, so only an event can explain it)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -60,3 +61,16 @@ def test_hotplugged_nic_appears_and_its_keys_are_swept(live_agent, netns, xensto
     assert wait_for(lambda: "1" not in xenstored.ls(f"{HOME}/attr/vif"), timeout=5), \
         xenstored.ls(f"{HOME}/attr/vif")
     assert xenstored.read(f"{HOME}/attr/vif/1/ipv4/0") is None
+
+
+def test_odd_interfaces_never_stop_publishing(live_agent, netns, xenstored):
+    """Issue 9 item 6: a non-UTF-8 interface name (net/core/dev.c dev_valid_name accepts any
+    byte but '/', ':' and white space) and a labelled IPv4 alias (IFA_LABEL only; its
+    ifa_index is v0's, net/ipv4/devinet.c inet_fill_ifaddr) are both ordinary to the kernel."""
+    ip(netns, "link", "add", os.fsdecode(b"n\xff\xfe"), "type", "veth", "peer", "name", "v3")
+    ip(netns, "addr", "add", "10.66.0.9/24", "dev", "v0", "label", "v0:vip")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.66.0.9", timeout=5), \
+        live_agent.log.read_text()[-3000:]
+    ip(netns, "addr", "add", "10.66.1.9/24", "dev", "v0")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/1") == "10.66.1.9", timeout=5), \
+        live_agent.log.read_text()[-3000:]
