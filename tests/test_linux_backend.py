@@ -466,3 +466,18 @@ def test_live_labelled_alias_is_reported_under_its_interface(netns: str) -> None
     found = live_interfaces(netns)
     assert sorted(found) == [b"lo", b"v0", b"v1"]  # no "v0:1" pseudo-interface
     assert sorted(found[b"v0"]["addresses"]) == ["10.1.2.3", "10.1.2.4", "10.9.0.1"]  # type: ignore[call-overload]
+
+
+def test_live_tentative_ipv6_address_waits_for_dad(netns: str) -> None:
+    """An IPv6 address on a link that is down stays IFA_F_TENTATIVE (DAD has not run:
+    net/ipv6/addrconf.c addrconf_dad_begin waits for the link); the kernel does not use it
+    as a source (__ipv6_dev_get_saddr), so it is not reported until DAD completes and the
+    kernel announces it again (addrconf_dad_completed -> RTM_NEWADDR).  ``nodad`` makes
+    an address usable at once."""
+    ns_ip(netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    ns_ip(netns, "addr", "add", "2001:db8::5/64", "dev", "v0")
+    ns_ip(netns, "addr", "add", "2001:db8::6/64", "dev", "v0", "nodad")
+    shown = subprocess.run(["ip", "-n", netns, "-6", "addr", "show", "dev", "v0"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert "2001:db8::5/64 scope global tentative" in shown  # the premise, as iproute2 sees it
+    assert live_interfaces(netns)[b"v0"]["addresses"] == ["2001:db8::6"]
