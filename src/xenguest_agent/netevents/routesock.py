@@ -14,11 +14,13 @@ Route messages (RTM_ADD...) and other types are skipped by their length.  The
 addresses that follow the headers are not decoded: what changed is re-read.
 
 Lost messages: a full receive buffer drops messages silently unless the socket
-has ``SO_RERROR`` (sys/sys/socket.h: 0x00020000, level SOL_SOCKET 0xffff; added
-by FreeBSD commit 7045b1603bdf, D26652, before stable/13 branched).  With it the
-kernel records ENOBUFS when an append fails (sys/kern/uipc_sockbuf.c
-soroverflow) and the next receive returns it once (sys/kern/uipc_socket.c
-soreceive_generic), which the reader turns into RESYNC, as ENOBUFS on rtnetlink.
+has ``SO_RERROR`` (sys/sys/socket.h: 0x00020000 at level SOL_SOCKET 0xffff;
+FreeBSD commit 7045b1603bdf, review D26652, on main since late 2020, so in
+stable/13 and 14).  With it, a failed append to the receive buffer calls
+soroverflow() (sys/kern/uipc_socket.c), which records ENOBUFS; the next receive
+returns it once and the reader turns it into RESYNC, as ENOBUFS on rtnetlink.
+A kernel without the option refuses it (ENOPROTOOPT): logged, and the socket
+is used anyway (the safety sweep covers what it may lose).
 """
 
 from __future__ import annotations
