@@ -28,9 +28,10 @@ def live_agent(netns, xenstored, tmp_path):
     config.write_text("interval: 600\nmemory:\n  min_interval: 600\n"
                       "network:\n  exclude: [lo, v1, v3]\n  static_vifs: {v0: 0, v2: 1}\n")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
-                             "run", "--xenstore", xenstored.spec, "--config", str(config),
-                             "--log-level", "debug"], stderr=open(log, "w"))
+    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
+                                 "run", "--xenstore", xenstored.spec, "--config", str(config),
+                                 "--log-level", "debug"], stderr=stderr)
     assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=10), log.read_text()
     proc.log = log
     yield proc
