@@ -6,6 +6,11 @@ inline case here; each distro's whole layout is a tree under tests/fixtures/linu
 
 from __future__ import annotations
 
+import json
+import struct
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Dict
@@ -407,3 +412,154 @@ def test_pm_freeze_timeout_is_raised_never_lowered(tmp_path) -> None:
     assert (power / "pm_freeze_timeout").read_text() == "900000\n"
     (power / "pm_freeze_timeout").unlink()
     backend.tune_suspend(300)  # absent (old kernel): left alone, no error
+
+
+# --- the live address source, in a network namespace ---------------------------------------
+#
+# Interface names: the kernel accepts any bytes but '/', ':' and white space, shorter than
+# IFNAMSIZ (net/core/dev.c, dev_valid_name), so a name need not be UTF-8.  A labelled IPv4
+# address (``ip addr add ... label eth0:1``) is still an address of eth0: the label is only
+# IFA_LABEL on the address (net/ipv4/devinet.c, inet_fill_ifaddr), its ifa_index is eth0's.
+
+LIVE_INTERFACES = """
+import json
+import struct
+from xenguest_agent.backends.linux import LinuxBackend
+from xenguest_agent.host import Host
+found = LinuxBackend(Host("/")).interfaces()
+print(json.dumps({i.name.encode("utf-8", "surrogateescape").hex():
+                  {"addresses": [a.address for a in i.addresses], "mac": i.mac} for i in found}))
+"""
+
+
+def ns_ip(ns: str, *args: str) -> None:
+    done = subprocess.run(["ip", "-n", ns, *args], capture_output=True, timeout=30)
+    if done.returncode != 0:
+        pytest.fail(f"ip -n {ns} {' '.join(args)}: {done.stderr.decode(errors='replace')}",
+                    pytrace=False)
+
+
+def live_interfaces(ns: str) -> Dict[bytes, Dict[str, object]]:
+    """LinuxBackend(Host("/")).interfaces() run inside the namespace: name (bytes) -> facts."""
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-W", "error::ResourceWarning",
+                           "-c", LIVE_INTERFACES], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {bytes.fromhex(name): facts for name, facts in json.loads(done.stdout).items()}
+
+
+def test_live_non_utf8_interface_name_does_not_break_the_round(netns: str) -> None:
+    weird = b"e\xffx"  # valid for dev_valid_name, not UTF-8
+    name = os.fsdecode(weird)  # argv bytes survive as surrogates (PEP 383)
+    ns_ip(netns, "link", "add", name, "type", "veth", "peer", "name", "p1")
+    ns_ip(netns, "link", "set", "p1", "address", "02:00:00:00:00:01")
+    ns_ip(netns, "addr", "add", "10.6.0.1/24", "dev", "p1")
+    ns_ip(netns, "addr", "add", "10.5.0.1/24", "dev", name)
+    found = live_interfaces(netns)
+    assert found[b"p1"]["addresses"] == ["10.6.0.1"]
+    assert found[b"p1"]["mac"] == "02:00:00:00:00:01"
+    assert found[weird]["addresses"] == ["10.5.0.1"]  # still reported, under its own bytes
+
+
+def test_live_labelled_alias_is_reported_under_its_interface(netns: str) -> None:
+    ns_ip(netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    ns_ip(netns, "addr", "add", "10.1.2.3/24", "dev", "v0", "label", "v0:1")
+    ns_ip(netns, "addr", "add", "10.1.2.4/24", "dev", "v0")
+    ns_ip(netns, "addr", "add", "10.9.0.1/24", "dev", "v0", "label", "v0:vip")
+    found = live_interfaces(netns)
+    assert sorted(found) == [b"lo", b"v0", b"v1"]  # no "v0:1" pseudo-interface
+    assert sorted(found[b"v0"]["addresses"]) == ["10.1.2.3", "10.1.2.4", "10.9.0.1"]  # type: ignore[call-overload]
+
+
+def test_live_tentative_ipv6_address_waits_for_dad(netns: str) -> None:
+    """An IPv6 address on a link that is down stays IFA_F_TENTATIVE (DAD has not run:
+    net/ipv6/addrconf.c addrconf_dad_begin waits for the link); the kernel does not use it
+    as a source (__ipv6_dev_get_saddr), so it is not reported until DAD completes and the
+    kernel announces it again (addrconf_dad_completed -> RTM_NEWADDR).  ``nodad`` makes
+    an address usable at once."""
+    ns_ip(netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    ns_ip(netns, "addr", "add", "2001:db8::5/64", "dev", "v0")
+    ns_ip(netns, "addr", "add", "2001:db8::6/64", "dev", "v0", "nodad")
+    shown = subprocess.run(["ip", "-n", netns, "-6", "addr", "show", "dev", "v0"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert "2001:db8::5/64 scope global tentative" in shown  # the premise, as iproute2 sees it
+    assert live_interfaces(netns)[b"v0"]["addresses"] == ["2001:db8::6"]
+
+
+# --- NetlinkAddresses with a scripted kernel at the socket seam ---------------------------------
+
+def _nlmsg(mtype: int, body: bytes, seq: int) -> bytes:
+    data = struct.pack("=IHHII", 16 + len(body), mtype, 0x2, seq, 0) + body
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    data = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _link(index: int, name: bytes) -> bytes:  # RTM_NEWLINK 16, IFLA_IFNAME 3
+    return _nlmsg(16, struct.pack("=BxHiII", 0, 1, index, 0, 0) + _attr(3, name + b"\0"), 1)
+
+
+def _addr(index: int, family: int, packed: bytes, flags: int = 0, label: bytes = b"") -> bytes:
+    attrs = _attr(1, packed) + (_attr(2, packed) if family == 2 else b"")  # IFA_ADDRESS, IFA_LOCAL
+    if label:
+        attrs += _attr(3, label + b"\0")  # IFA_LABEL
+    return _nlmsg(20, struct.pack("=BBBBI", family, 24, flags, 0, index) + attrs, 2)
+
+
+class ScriptedKernel:
+    """Replies to the link dump, then to the address dump; records that it was closed."""
+
+    def __init__(self, links: bytes, addresses: bytes) -> None:
+        done = struct.pack("=i", 0)
+        self.replies = [[links + _nlmsg(3, done, 1)], [addresses + _nlmsg(3, done, 2)]]
+        self.pending: list = []
+        self.closed = False
+
+    def __enter__(self) -> "ScriptedKernel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def sendto(self, data: bytes, address: object) -> int:
+        self.pending = self.replies.pop(0)
+        return len(data)
+
+    def settimeout(self, value: object) -> None:
+        assert value is not None  # every receive has a deadline
+
+    def recvmsg(self, size: int) -> tuple:
+        return self.pending.pop(0), [], 0, (0, 0)
+
+
+def test_netlink_addresses_grouped_by_index(caplog: pytest.LogCaptureFixture) -> None:
+    import socket as sk
+
+    from xenguest_agent.backends.addresses import NetlinkAddresses
+
+    links = _link(1, b"lo") + _link(2, b"eth0") + _link(3, b"n\xff\xfe") + _link(4, b"eth1")
+    addresses = (_addr(1, 2, sk.inet_aton("127.0.0.1"))
+                 + _addr(2, 2, sk.inet_aton("192.0.2.4"))
+                 + _addr(2, 2, sk.inet_aton("192.0.2.5"), label=b"eth0:vip")
+                 + _addr(2, 10, sk.inet_pton(sk.AF_INET6, "2001:db8::1"), flags=0x40)  # tentative
+                 + _addr(3, 2, sk.inet_aton("198.51.100.7"))
+                 + _addr(9, 2, sk.inet_aton("203.0.113.1")))  # no such link in the link dump
+    kernels = []
+
+    def factory() -> ScriptedKernel:
+        kernels.append(ScriptedKernel(links, addresses))
+        return kernels[-1]
+
+    source = NetlinkAddresses(open_socket=factory)  # type: ignore[arg-type]
+    with caplog.at_level("INFO"):
+        table = source.addresses()
+        again = source.addresses()
+    assert table == again
+    assert {name: [a.address for a in found] for name, found in table.items()} == {
+        "lo": [], "eth0": ["192.0.2.4", "192.0.2.5"], os.fsdecode(b"n\xff\xfe"): ["198.51.100.7"],
+        "eth1": []}
+    assert all(kernel.closed for kernel in kernels) and len(kernels) == 2
+    odd = [r for r in caplog.records if "not printable ASCII" in r.getMessage()]
+    assert len(odd) == 1 and "b'n\\xff\\xfe'" in odd[0].getMessage()  # once, escaped

@@ -3,6 +3,7 @@ the real xenstored: an address added or removed, and a NIC hot-plugged and
 unplugged, reach XenStore without any polling (the memory tick and the safety
 sweep are set far beyond the test's waits, so only an event can explain it)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,9 +28,10 @@ def live_agent(netns, xenstored, tmp_path):
     config.write_text("interval: 600\nmemory:\n  min_interval: 600\n"
                       "network:\n  exclude: [lo, v1, v3]\n  static_vifs: {v0: 0, v2: 1}\n")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
-                             "run", "--xenstore", xenstored.spec, "--config", str(config),
-                             "--log-level", "debug"], stderr=open(log, "w"))
+    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
+                                 "run", "--xenstore", xenstored.spec, "--config", str(config),
+                                 "--log-level", "debug"], stderr=stderr)
     assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=10), log.read_text()
     proc.log = log
     yield proc
@@ -60,3 +62,16 @@ def test_hotplugged_nic_appears_and_its_keys_are_swept(live_agent, netns, xensto
     assert wait_for(lambda: "1" not in xenstored.ls(f"{HOME}/attr/vif"), timeout=5), \
         xenstored.ls(f"{HOME}/attr/vif")
     assert xenstored.read(f"{HOME}/attr/vif/1/ipv4/0") is None
+
+
+def test_odd_interfaces_never_stop_publishing(live_agent, netns, xenstored):
+    """Issue 9 item 6: a non-UTF-8 interface name (net/core/dev.c dev_valid_name accepts any
+    byte but '/', ':' and white space) and a labelled IPv4 alias (IFA_LABEL only; its
+    ifa_index is v0's, net/ipv4/devinet.c inet_fill_ifaddr) are both ordinary to the kernel."""
+    ip(netns, "link", "add", os.fsdecode(b"n\xff\xfe"), "type", "veth", "peer", "name", "v3")
+    ip(netns, "addr", "add", "10.66.0.9/24", "dev", "v0", "label", "v0:vip")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.66.0.9", timeout=5), \
+        live_agent.log.read_text()[-3000:]
+    ip(netns, "addr", "add", "10.66.1.9/24", "dev", "v0")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/1") == "10.66.1.9", timeout=5), \
+        live_agent.log.read_text()[-3000:]

@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Dict, List, Optional, Tuple
 
-from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
+from xenguest_agent.backends.addresses import AddressSource, NetlinkAddresses
 from xenguest_agent.backends.base import (host_names_from, os_info_from_release, parse_os_release,
                                           split_version)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
@@ -110,7 +110,7 @@ class LinuxBackend:
 
     def __init__(self, host: Host, addresses: Optional[AddressSource] = None) -> None:
         self.host = host
-        self.addresses: AddressSource = addresses if addresses is not None else PsutilAddresses()
+        self.addresses: AddressSource = addresses if addresses is not None else NetlinkAddresses()
 
     def kernel_release(self) -> str:
         """The running kernel's release (``uname -r``): kernel/sysctl ``osrelease``."""
