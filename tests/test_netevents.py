@@ -526,7 +526,7 @@ def fake() -> Iterator[Tuple[NetworkEvents, FakeSource]]:
     assert events.open()
     assert source.feed is not None
     yield events, source
-    events.stop()
+    events.close()
     source.feed.close()
 
 
@@ -604,35 +604,6 @@ def test_open_reports_a_refused_socket() -> None:
     source = FakeSource()
     source.refuse = True
     assert NetworkEvents(source).open() is False
-
-
-# --- the reader thread over the poll interface --------------------------------------------
-
-def test_thread_notifies_and_stops(fake: Tuple[NetworkEvents, FakeSource]) -> None:
-    events, source = fake
-    got: "queue.Queue[str]" = queue.Queue()
-    calls: List[str] = []
-
-    def notify(kind: str) -> None:
-        calls.append(kind)
-        if len(calls) == 1:
-            raise RuntimeError("consumer bug")  # must not end the reader
-        got.put(kind)
-
-    assert events.start(notify) and events.running
-    assert source.feed is not None
-    source.feed.send(b"net")
-    source.feed.send(b"net")
-    for _ in range(100):
-        if calls:
-            break
-        threading.Event().wait(0.05)
-    assert calls == [NET]
-    source.feed.send(b"net")
-    assert got.get(timeout=10) == NET
-    events.stop()
-    assert not events.running and events.fileno() == -1
-    events.stop()  # idempotent
 
 
 # --- live: rtnetlink in a network namespace, read by a poll loop -----------------------------

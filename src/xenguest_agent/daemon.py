@@ -4,6 +4,8 @@ Producers never hand work to the loop through a lock: signal handlers set a
 flag (and CPython's C handler writes a byte to the wakeup pipe), the watch
 connection's thread appends to a bounded deque, the network event source sets a
 flag; each then wakes the loop through :class:`~xenguest_agent.wakeup.Wakeup`.
+The network event socket (rtnetlink, the FreeBSD routing socket) is polled by
+the loop itself.
 The loop coalesces what accumulated into "dirty" flags and does the work once
 per wake-up, control requests first, so nothing can pile up behind anything.
 
@@ -39,7 +41,7 @@ import select
 import signal
 import threading
 import time
-from typing import Callable, Deque, Optional, Set, Tuple
+from typing import Callable, Deque, FrozenSet, Optional, Set, Tuple
 
 from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
@@ -111,8 +113,6 @@ class Daemon:
         # flags set by producers (signal handlers, other threads); read and cleared by the loop
         self._stop_requested = False
         self._hup_requested = False
-        self._net_changed = False
-        self._net_resync = False
         self._watch_overflow = False
         self._watch_events: Deque[Tuple[str, str]] = collections.deque()
         # loop state
@@ -139,13 +139,6 @@ class Daemon:
             self._watch_overflow = True
         else:
             self._watch_events.append((path, token))
-        self.wakeup.wake()
-
-    def _on_network(self, kind: str) -> None:  # on the event source's thread
-        if kind == RESYNC:
-            self._net_resync = True
-        else:
-            self._net_changed = True
         self.wakeup.wake()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -317,11 +310,12 @@ class Daemon:
             self._guarded(self._check_resume)
         if control and self.control is not None:
             self._guarded(lambda: self.control.on_event(self.store))  # type: ignore[union-attr]
-        if self._net_resync:
-            self._net_resync = self._net_changed = False
+
+    def _on_network(self, kind: Optional[str]) -> None:
+        """A coalesced notification: re-collect interfaces, or everything after a loss."""
+        if kind == RESYNC:
             self._dirty |= ALL
-        elif self._net_changed:
-            self._net_changed = False
+        elif kind is not None:
             self._dirty.add("interfaces")
 
     def _control_deadline(self, now: float) -> None:
@@ -348,7 +342,7 @@ class Daemon:
             log.warning("first publish incomplete: %s; retrying each round", exc)
         if once:
             return 0
-        if self.net_events is not None and self.net_events.start(self._on_network):
+        if self.net_events is not None and self.net_events.open():
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
                      self.net_events.name, self.config.memory.min_interval, self.config.interval)
             tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
@@ -361,12 +355,16 @@ class Daemon:
             return self._loop(tick, tick_only, sweep)
         finally:
             if self.net_events is not None:
-                self.net_events.stop()
+                self.net_events.close()
             self.wakeup.close()
 
-    def _loop(self, tick: float, tick_only: frozenset, sweep: Optional[float]) -> int:
+    def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
         poller = select.poll()
         poller.register(self.wakeup.read_fd, select.POLLIN)
+        net = self.net_events
+        net_fd = net.fileno() if net is not None else -1
+        if net_fd >= 0:
+            poller.register(net_fd, select.POLLIN)
         next_round = self.clock() + tick
         next_sweep = None if sweep is None else self.clock() + sweep
         while True:
@@ -374,6 +372,13 @@ class Daemon:
             if self._stopping:
                 break
             now = self.clock()
+            if net is not None and net_fd >= 0:
+                self._on_network(net.read_ready(now))  # drains; never blocks
+                if net.fileno() != net_fd:  # the socket failed for good: poll instead
+                    poller.unregister(net_fd)
+                    net_fd = -1
+                    tick, tick_only, sweep, next_sweep = self.config.poll_interval, ALL, None, None
+                    log.warning("network events lost; polling everything every %gs", tick)
             if not self._connected:
                 if now >= self._next_reconnect:
                     self._try_reconnect()
@@ -391,9 +396,10 @@ class Daemon:
             deadlines = [next_round] if self._connected else [self._next_reconnect]
             if self._connected and next_sweep is not None:
                 deadlines.append(next_sweep)
-            control_deadline = self.control.deadline() if self.control is not None else None
-            if control_deadline is not None:
-                deadlines.append(control_deadline)
+            for deadline in (self.control.deadline() if self.control is not None else None,
+                             net.deadline() if net is not None and net_fd >= 0 else None):
+                if deadline is not None:
+                    deadlines.append(deadline)
             timeout = max(0.0, min(deadlines) - self.clock())
             poller.poll(timeout * 1000.0 + 1.0)  # +1 ms: never wake just before a deadline
             self.wakeup.drain()

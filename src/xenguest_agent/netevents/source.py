@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import selectors
 import socket
 import sys
-import threading
-import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 from xenguest_agent.netevents.rtnetlink import RESYNC
 
@@ -129,8 +126,6 @@ class NetworkEvents:
         self.coalescer = Coalescer(window)
         self._sock: socket.socket | None = None
         self._warned: set[str] = set()
-        self._thread: threading.Thread | None = None
-        self._wake: socket.socket | None = None
 
     @property
     def name(self) -> str:
@@ -216,51 +211,3 @@ class NetworkEvents:
             if kind is not None:
                 self.coalescer.add(kind, now)
         return True
-
-    # --- a reader thread over the poll interface (for today's queue-based daemon) ---------
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, notify: Callable[[str], None],
-              clock: Callable[[], float] = time.monotonic) -> bool:
-        """Open the socket and call ``notify(kind)`` from one reader thread."""
-        if self.running:
-            return True
-        if not self.open():
-            return False
-        wake_r, self._wake = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, args=(notify, clock, wake_r),
-                                        name="xenguest-netevents", daemon=True)
-        self._thread.start()
-        return True
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Wake and join the reader thread, close the sockets (idempotent)."""
-        thread, wake, self._thread, self._wake = self._thread, self._wake, None, None
-        if wake is not None:
-            wake.close()  # the reader sees end-of-file on its end
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        self.close()
-
-    def _run(self, notify: Callable[[str], None], clock: Callable[[], float],
-             wake: socket.socket) -> None:
-        with selectors.DefaultSelector() as selector, wake:
-            selector.register(wake, selectors.EVENT_READ)
-            selector.register(self.fileno(), selectors.EVENT_READ)
-            while True:
-                deadline = self.deadline()
-                ready = selector.select(None if deadline is None else max(0.0, deadline - clock()))
-                if any(key.fileobj is wake for key, _events in ready):
-                    return  # stop() closed the other end
-                kind = self.read_ready(clock())
-                if kind is not None:
-                    try:
-                        notify(kind)
-                    except Exception:  # the consumer's bug must not kill the reader
-                        log.exception("network event callback failed")
-                if self.fileno() == -1:
-                    return
-
