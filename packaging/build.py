@@ -171,22 +171,81 @@ def build_port(sdist: Path, pyxs: Path, dist: Path, ver: str) -> Path:
     return archive
 
 
+CHROOT_SUITE = "bookworm"
+
+
+def check_deb_in_chroot(deb: Path) -> None:
+    """Install the .deb into a clean Debian chroot with apt (only the distro's own packages
+    satisfy its dependencies), then run the installed command there."""
+    if shutil.which("debootstrap") is None:
+        die("debootstrap not found (./dev package --check installs it)")
+    # minbase plus systemd: the guest the unit is for (systemd brings deb-systemd-helper,
+    # which the package's postinst uses to enable the unit)
+    base = CACHE / f"{CHROOT_SUITE}-minbase-systemd.tar"
+    if not base.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            root = Path(scratch) / "root"
+            say(f"debootstrap --variant=minbase --include=systemd {CHROOT_SUITE} (cached in {base})")
+            run(["debootstrap", "--variant=minbase", "--include=systemd", CHROOT_SUITE, root,
+                 os.environ.get("XGA_MIRROR", "http://deb.debian.org/debian")])
+            run(["tar", "-C", root, "-cf", f"{base}.tmp", "."])
+        os.replace(f"{base}.tmp", base)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch) / "root"
+        root.mkdir()
+        run(["tar", "-C", root, "-xf", base])
+        shutil.copy(deb, root / "tmp" / deb.name)
+        shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+        env = ["env", "DEBIAN_FRONTEND=noninteractive", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+        run(["chroot", root, *env, "apt-get", "update", "-q"])
+        # policy-rc.d: no service is started in the chroot (there is no systemd running)
+        (root / "usr" / "sbin" / "policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
+        (root / "usr" / "sbin" / "policy-rc.d").chmod(0o755)
+        run(["chroot", root, *env, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+             f"/tmp/{deb.name}"])
+        for argv in (["xenguest-agent", "--version"], ["xenguest-agent", "show"],
+                     ["python3", "-c", "import pyxs"]):
+            done = subprocess.run(["chroot", root, *env, *argv], capture_output=True, text=True)
+            if argv[-1] == "import pyxs":  # vendored privately: not importable system-wide
+                if done.returncode == 0:
+                    die("pyxs is importable system-wide in the chroot: it must stay private")
+                continue
+            if done.returncode != 0:
+                die(f"{' '.join(argv)} failed in the chroot:\n{done.stderr[-3000:]}")
+            say(f"chroot: {' '.join(argv)}: ok ({len(done.stdout.splitlines())} lines)")
+        # a symlink to an absolute path inside the chroot: look at the link, not its target
+        if not (root / "etc/systemd/system/multi-user.target.wants/xenguest-agent.service").is_symlink():
+            die("the package did not enable xenguest-agent.service")
+        say("chroot: xenguest-agent.service enabled by the package")
+
+
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dist", default=str(REPO / "dist"), help="output directory")
+    parser.add_argument("--check", action="store_true",
+                        help="then install the .deb into a clean Debian chroot and run it")
+    args = parser.parse_args()
     for tool in ("dpkg-buildpackage", "dh", "rpmbuild"):
         if shutil.which(tool) is None:
             die(f"{tool} not found (./dev package installs dpkg-dev, debhelper, dh-python, rpm)")
     ver = version()
-    dist = REPO / "dist"
-    dist.mkdir(exist_ok=True)
+    dist = Path(args.dist).resolve()
+    dist.mkdir(parents=True, exist_ok=True)
     for old in dist.glob("*"):
         if old.is_file():
             old.unlink()
     sdist, wheel = build_python(dist)
     say(f"sdist {sdist.name}, wheel {wheel.name}")
     pyxs = pyxs_sdist()
-    say(f"deb {build_deb(sdist, pyxs, dist, ver).name}")
+    deb = build_deb(sdist, pyxs, dist, ver)
+    say(f"deb {deb.name}")
     say(f"rpm {build_rpm(sdist, pyxs, dist, ver).name}")
     say(f"FreeBSD port {build_port(sdist, pyxs, dist, ver).name}")
+    if args.check:
+        check_deb_in_chroot(deb)
     return 0
 
 
