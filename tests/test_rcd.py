@@ -276,3 +276,23 @@ def test_rc_conf_overrides_the_default_both_ways(world: FreeBSDRoot) -> None:
     world.rc_conf('xenguest_agent_enable="YES"\n')
     assert world.service("start").returncode == 0
     assert alive(the_agent(world))
+
+
+def test_executable_from_rc_conf(world: FreeBSDRoot) -> None:
+    elsewhere = world.root / "opt/agent/bin/xenguest-agent"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy2(world.root / "usr/local/bin/xenguest-agent", elsewhere)
+    world.rc_conf('xenguest_agent_executable="/opt/agent/bin/xenguest-agent"\n')
+    assert world.service("start").returncode == 0
+    agent_pid = the_agent(world)
+    cmdline = Path(f"/proc/{agent_pid}/cmdline").read_text().split("\0")
+    assert cmdline[:2] == ["/bin/sh", "/opt/agent/bin/xenguest-agent"]
+
+
+def test_missing_executable_stops_start(world: FreeBSDRoot) -> None:
+    world.rc_conf('xenguest_agent_executable="/opt/none/xenguest-agent"\n')
+    done = world.service("start")
+    assert done.returncode == 1
+    assert "/opt/none/xenguest-agent is not executable" in done.stderr
+    assert "WARNING: failed precmd routine for xenguest_agent" in done.stderr
+    assert world.read(PIDFILE) is None
