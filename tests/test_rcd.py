@@ -296,3 +296,21 @@ def test_missing_executable_stops_start(world: FreeBSDRoot) -> None:
     assert "/opt/none/xenguest-agent is not executable" in done.stderr
     assert "WARNING: failed precmd routine for xenguest_agent" in done.stderr
     assert world.read(PIDFILE) is None
+
+
+def test_boot_and_shutdown(world: FreeBSDRoot) -> None:
+    # libexec/rc/rc at autoboot: autoboot=yes, rc_fast=yes, load_rc_config, then each script by
+    # run_rc_script with "faststart"; libexec/rc/rc.shutdown: the "shutdown" keyword scripts
+    # with "faststop".  Nothing in rc.conf: the Xen default decides.
+    boot = ("autoboot=yes; rc_fast=yes; . /etc/rc.subr; load_rc_config; "
+            "run_rc_script /usr/local/etc/rc.d/xenguest_agent faststart")
+    done = world.run("/bin/sh", "-c", boot)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "Starting xenguest_agent.\n", "")
+    daemon_pid = supervisor(world)
+    agent_pid = the_agent(world)
+    shutdown = (". /etc/rc.subr; load_rc_config; "
+                "run_rc_script /usr/local/etc/rc.d/xenguest_agent faststop")
+    done = world.run("/bin/sh", "-c", shutdown)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Stopping xenguest_agent.\n")
+    assert not alive(daemon_pid) and not alive(agent_pid)
