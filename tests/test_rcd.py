@@ -314,3 +314,17 @@ def test_boot_and_shutdown(world: FreeBSDRoot) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Stopping xenguest_agent.\n")
     assert not alive(daemon_pid) and not alive(agent_pid)
+
+
+def test_faststart_while_running_is_stopped_by_daemons_pid_file_lock(world: FreeBSDRoot) -> None:
+    # "fast" skips rc.subr's pid check (rc_fast); daemon(8)'s pidfile_open then finds the pid
+    # files locked by the running supervisor and exits 3 before forking.
+    assert world.service("start").returncode == 0
+    daemon_pid = supervisor(world)
+    agent_pid = the_agent(world)
+    done = world.service("faststart")
+    assert done.returncode == 1
+    assert "daemon: process already running, pid: " in done.stderr
+    assert done.stderr.endswith("WARNING: failed to start xenguest_agent\n")
+    assert list(world.agents()) == [agent_pid]
+    assert supervisor(world) == daemon_pid and alive(daemon_pid)
