@@ -1,5 +1,5 @@
 """rc.d/xenguest_agent run unmodified under models of FreeBSD's rc.subr, daemon(8), limits(1),
-ps(1) and sysctl(8) (tests/fixtures/freebsd/rcroot/, run by tests/support/freebsd_rc.py in a
+ps(1) and sysctl(8) (tests/support/freebsd_rcroot/, run by tests/support/freebsd_rc.py in a
 chroot with dash as /bin/sh).
 
 Expected behaviour is FreeBSD's, from freebsd/freebsd-src:

@@ -1,6 +1,6 @@
 """A FreeBSD rc(8) world on Linux, for running rc.d/xenguest_agent unmodified.
 
-tests/fixtures/freebsd/rcroot/ holds models written from FreeBSD's sources (each file says
+tests/support/freebsd_rcroot/ holds models written from FreeBSD's sources (each file says
 which): /etc/rc.subr, /etc/defaults/rc.conf, ps, pwait, sysctl, limits, daemon(8), and a
 stand-in for the agent's console script.  FreeBSDRoot copies them into a directory, adds the
 script under test at /usr/local/etc/rc.d/xenguest_agent byte for byte, and runs it as
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-MODEL = Path(__file__).resolve().parent.parent / "fixtures" / "freebsd" / "rcroot"
+MODEL = Path(__file__).resolve().parent / "freebsd_rcroot"
 SCRIPT_IN_ROOT = "usr/local/etc/rc.d/xenguest_agent"
 HOST_TOOLS = {"bin/sh": "dash", "bin/cat": "cat", "bin/sleep": "sleep", "bin/mkdir": "mkdir",
               "bin/mv": "mv", "bin/rm": "rm", "usr/bin/env": "env", "usr/bin/python3": "python3"}
