@@ -52,8 +52,19 @@ log = logging.getLogger(__name__)
 UNIQUE_DOMAIN_ID = "unique-domain-id"
 DOMID = "domid"
 
-TOKEN_DOMAIN = "xenguest-agent:domain"
-TOKEN_SHUTDOWN = "xenguest-agent:shutdown"
+
+
+def watch_token(path: str) -> str:
+    """The token of the watch on ``path``: one token per watch, never shared.  FreeBSD's
+    /dev/xen/xenstore refuses an XS_WATCH whose token is already registered on the open file
+    with EINVAL (freebsd-src sys/dev/xen/xenstore/xenstore_dev.c ``xs_dev_write``,
+    ``xs_dev_find_watch``); Linux's device and xenstored accept it."""
+    return "xenguest-agent:" + path
+
+
+TOKEN_UNIQUE_DOMAIN_ID = watch_token(UNIQUE_DOMAIN_ID)
+TOKEN_DOMID = watch_token(DOMID)
+TOKEN_SHUTDOWN = watch_token(SHUTDOWN_KEY)
 
 Event = Tuple[str, ...]
 
@@ -130,8 +141,8 @@ class Daemon:
         self._domain = self._read_domain()
         if self.control is not None:
             self.control.learn(self.store)
-        self.store.watch(UNIQUE_DOMAIN_ID, TOKEN_DOMAIN)
-        self.store.watch(DOMID, TOKEN_DOMAIN)
+        self.store.watch(UNIQUE_DOMAIN_ID, TOKEN_UNIQUE_DOMAIN_ID)
+        self.store.watch(DOMID, TOKEN_DOMID)
         if self.control is not None:
             self.store.watch(SHUTDOWN_KEY, TOKEN_SHUTDOWN)
         self.agent.forget()
