@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
+from support.freebsd_device import FreeBSDXenstoreDevice
 
 from xenguest_agent import cli
 from xenguest_agent.agent import Agent
@@ -422,12 +423,21 @@ def leaves(tree: Dict[str, str]) -> Dict[str, str]:
     return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
 
 
+@pytest.mark.parametrize("via", ["xenstored", "freebsd-device"])
 @pytest.mark.parametrize("tree", ["14-one-nic", "13-lagg", "14-ipv6-only"])
-def test_run_once_publishes_the_golden_dump_and_the_features(tree: str, xenstored, tmp_path: Path) -> None:
+def test_run_once_publishes_the_golden_dump_and_the_features(tree: str, via: str, xenstored,
+                                                             tmp_path: Path) -> None:
+    """Straight to xenstored's socket, and through the model of FreeBSD's /dev/xen/xenstore
+    (support.freebsd_device: xenstore_dev.c xs_dev_write's per-open-file rules), which must
+    not have had to refuse anything."""
     config = tmp_path / "config.yaml"
     config.write_text("")
-    code = cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(FIXTURES / tree),
-                     "--os", "freebsd", "--config", str(config)])
+    with FreeBSDXenstoreDevice(xenstored.socket_path) as device:
+        spec = device.spec if via == "freebsd-device" else xenstored.spec
+        code = cli.main(["run", "--once", "--xenstore", spec, "--root", str(FIXTURES / tree),
+                         "--os", "freebsd", "--config", str(config)])
+        assert (device.refusals, device.violations) == ([], [])
+        assert (device.opens > 0) == (via == "freebsd-device")
     assert code == 0
     expected = json.loads((FIXTURES / tree / "expected.json").read_text())
     # FreeBSD's kernel performs the requests but advertises none: the agent does
