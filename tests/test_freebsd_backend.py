@@ -404,9 +404,12 @@ def test_constants_and_power_commands(tmp_path: Path) -> None:
     assert backend.default_xenstore == DEFAULT_XENSTORE == "/dev/xen/xenstore"
     assert backend.kernel_features == ()
     assert backend.unadvertised_features == ("poweroff", "reboot", "suspend")
+    # FreeBSD's own kernel maps "halt" to xctrl_poweroff (shutdown_nice(RB_POWEROFF|RB_HALT)):
+    # sys/dev/xen/control/control.c, xctrl_shutdown_reasons. shutdown(8): -p powers off, -h
+    # only halts (the domain would stay "running" and the toolstack would wait for it).
     assert backend.power_commands() == {"poweroff": ("/sbin/shutdown", "-p", "now"),
                                         "reboot": ("/sbin/shutdown", "-r", "now"),
-                                        "halt": ("/sbin/shutdown", "-h", "now")}
+                                        "halt": ("/sbin/shutdown", "-p", "now")}
     backend.tune_suspend(300)  # nothing to tune, nothing run
     assert backend.host.run.calls == []  # type: ignore[attr-defined]
 

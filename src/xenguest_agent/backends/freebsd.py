@@ -25,7 +25,13 @@ Facts, each checked against freebsd/freebsd-src:
   (sys/dev/xen/balloon/balloon.c); newbus gives every attached device the
   ``dev.<driver>.<unit>.%driver`` sysctl (sys/kern/subr_bus.c ``device_sysctl_init``).
 - The kernel performs ``control/shutdown`` requests itself
-  (sys/dev/xen/control/control.c ``xctrl_on_watch_event``) but writes no
+  (sys/dev/xen/control/control.c ``xctrl_on_watch_event``): it reads the value,
+  acknowledges it by writing "" *before* looking it up (so an unknown value is
+  acknowledged too, and then ignored), and runs the handler of
+  ``xctrl_shutdown_reasons``: "poweroff" and "halt" both ``xctrl_poweroff``
+  (``shutdown_nice(RB_POWEROFF|RB_HALT)``), "reboot", "suspend" (``xctrl_suspend``
+  stops every user process with ``stop_all_proc`` and resumes them afterwards: no
+  freeze timeout to tune) and "crash" (a panic).  It writes no
   ``control/feature-*`` key, so the agent advertises them (control.py).
 """
 
@@ -286,8 +292,9 @@ class FreeBSDBackend:
 
     name = "freebsd"
     default_xenstore = DEFAULT_XENSTORE
-    #: sys/dev/xen/control/control.c performs poweroff/reboot/halt/suspend but
-    #: writes no control/feature-* key: the agent advertises them (control.py).
+    #: sys/dev/xen/control/control.c performs poweroff, reboot, suspend and crash
+    #: ("halt" is poweroff there) but writes no control/feature-* key: the agent
+    #: advertises them (control.py).
     kernel_features: Tuple[str, ...] = ()
     unadvertised_features: Tuple[str, ...] = ("poweroff", "reboot", "suspend")
 
@@ -373,11 +380,14 @@ class FreeBSDBackend:
                                self.host.read_text("/etc/resolv.conf"))
 
     def power_commands(self) -> Dict[str, Tuple[str, ...]]:
-        """shutdown(8): ``-p`` powers off, ``-r`` reboots, ``-h`` halts."""
+        """shutdown(8): ``-p`` powers off, ``-r`` reboots.  "halt" powers off too, as
+        FreeBSD's own kernel does with it (control.c maps "halt" to ``xctrl_poweroff``):
+        ``-h`` would halt the CPU and leave the domain running."""
         return {"poweroff": (SHUTDOWN, "-p", "now"), "reboot": (SHUTDOWN, "-r", "now"),
-                "halt": (SHUTDOWN, "-h", "now")}
+                "halt": (SHUTDOWN, "-p", "now")}
 
     def tune_suspend(self, freeze_timeout: int) -> None:
         """Nothing to tune: FreeBSD suspends for Xen in the kernel (control.c
-        ``xctrl_suspend``) without freezing user processes under a timeout."""
+        ``xctrl_suspend``), stopping every user process with ``stop_all_proc`` and
+        resuming them after, with no freeze timeout."""
         log.debug("FreeBSD has no suspend freeze timeout; %d s not applied", freeze_timeout)
