@@ -106,6 +106,28 @@ def test_memory_free_never_exceeds_total() -> None:
     assert memory.free_kib == memory.total_kib == 2063104
 
 
+def test_memory_total_excludes_ballooned_out_pages() -> None:
+    """sys/dev/xen/balloon/balloon.c: decrease_reservation() takes pages with vm_page_alloc()
+    and keeps them (counted in bs.balloon_low, exported as dev.xen.balloon.low_mem, in pages;
+    high_mem is bs.balloon_high); hw.physmem is fixed at boot. So a guest ballooned down by
+    256 MiB still reports the boot size in hw.physmem, and those pages are neither free nor
+    inactive: without the correction XenCenter would count them as used."""
+    values = dict(BASE_MEMORY, **{"dev.xen.balloon.low_mem": "65536",
+                                  "dev.xen.balloon.high_mem": "0"})
+    # 2063104 KiB - 65536 pages * 4 KiB = 1800960 KiB; free is unchanged
+    assert memory_from_sysctl(values) == Memory(total_kib=1800960, free_kib=1400532)
+    values["dev.xen.balloon.high_mem"] = "256"
+    assert memory_from_sysctl(values).total_kib == 1800960 - 1024
+    # no balloon driver in the kernel: the sysctls are absent and nothing is subtracted
+    assert memory_from_sysctl(BASE_MEMORY).total_kib == 2063104
+
+
+def test_memory_never_reports_more_free_than_the_ballooned_total() -> None:
+    values = dict(BASE_MEMORY, **{"dev.xen.balloon.low_mem": "400000"})
+    memory = memory_from_sysctl(values)
+    assert memory.total_kib == 2063104 - 1600000 == memory.free_kib
+
+
 @pytest.mark.parametrize("missing", sorted(BASE_MEMORY))
 def test_memory_without_a_required_counter_raises(missing: str) -> None:
     values = {k: v for k, v in BASE_MEMORY.items() if k != missing}
@@ -338,6 +360,13 @@ def test_14_one_nic() -> None:
     assert interfaces["lo0"].vif is None
     assert facts["capabilities"] == Capabilities(balloon=True, hotplug_vif=True, hotplug_vbd=True)
     assert facts["names"] == HostNames("fbsd14.example.org", "example.org")
+
+
+def test_14_several_nics_ballooned_down_by_2_gib() -> None:
+    # hw.physmem 8535236608 B = 8335192 KiB, minus dev.xen.balloon.low_mem 524288 pages of 4 KiB
+    # (balloon.c); free: (999168 free + 402112 inactive) pages * 4 KiB, no ZFS
+    memory = backend_for("14-several-nics").memory()
+    assert memory == Memory(total_kib=8335192 - 2097152, free_kib=(999168 + 402112) * 4)
 
 
 def test_14_several_nics_units_are_not_vif_ids() -> None:

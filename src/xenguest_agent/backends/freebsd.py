@@ -59,11 +59,9 @@ IFCONFIG = "/sbin/ifconfig"
 FREEBSD_VERSION = "/bin/freebsd-version"
 SHUTDOWN = "/sbin/shutdown"
 
-#: Everything the backend reads from sysctl, in one command.  Subtrees (``dev.xn``)
-#: print every leaf below them (sysctl.c ``sysctl_all``).
-SYSCTL_NAMES = (
-    "kern.osrelease",                 # uname -r (sys/kern/kern_mib.c)
-    "kern.hostname",                  # hostname(1)
+#: The numbers :func:`memory_from_sysctl` uses: read with sysctlbyname(3) on a live
+#: FreeBSD (no fork every memory tick), from the ``sysctl`` snapshot under a fixture root.
+MEMORY_SYSCTLS = (
     "hw.physmem",                     # bytes of physical memory (kern_mib.c)
     "hw.pagesize",                    # bytes per page
     "vm.stats.vm.v_free_count",       # pages, sys/vm/vm_meter.c
@@ -71,6 +69,16 @@ SYSCTL_NAMES = (
     "vm.stats.vm.v_cache_count",      # real before FreeBSD 11, a 0 dummy since (COMPAT_FREEBSD11)
     "kstat.zfs.misc.arcstats.size",   # bytes, only with ZFS loaded
     "kstat.zfs.misc.arcstats.c_min",
+    "dev.xen.balloon.low_mem",        # pages ballooned out (sys/dev/xen/balloon/balloon.c)
+    "dev.xen.balloon.high_mem",
+)
+
+#: Everything the backend reads from sysctl, in one command.  Subtrees (``dev.xn``)
+#: print every leaf below them (sysctl.c ``sysctl_all``).
+SYSCTL_NAMES = (
+    "kern.osrelease",                 # uname -r (sys/kern/kern_mib.c)
+    "kern.hostname",                  # hostname(1)
+) + MEMORY_SYSCTLS + (
     "dev.xn",                         # netfront NICs
     "dev.xbd",                        # blkfront disks
     "dev.xenballoon",                 # the balloon driver
@@ -122,7 +130,11 @@ def _number(values: Mapping[str, str], name: str) -> Optional[int]:
 def memory_from_sysctl(values: Mapping[str, str]) -> Memory:
     """Memory in KiB from the VM counters.
 
-    total = ``hw.physmem`` (bytes).  free means what Linux's ``MemAvailable`` means,
+    total = ``hw.physmem`` (bytes, fixed at boot: sys/kern/kern_mib.c) minus the pages the
+    balloon driver holds, ``dev.xen.balloon.low_mem`` + ``high_mem`` (pages): its
+    ``decrease_reservation`` allocates them with ``vm_page_alloc`` and keeps them
+    (sys/dev/xen/balloon/balloon.c), so they are neither free nor inactive and, left in
+    the total, would show as used.  free means what Linux's ``MemAvailable`` means,
     memory that can be handed to applications without swapping (docs/freebsd.md):
 
         (v_free_count + v_inactive_count + v_cache_count) * hw.pagesize
@@ -152,7 +164,9 @@ def memory_from_sysctl(values: Mapping[str, str]) -> Memory:
     arc_min = _number(values, "kstat.zfs.misc.arcstats.c_min")
     if arc_size is not None and arc_min is not None:
         available += max(0, arc_size - arc_min)
-    total_kib = physmem // 1024
+    ballooned = ((_number(values, "dev.xen.balloon.low_mem") or 0)
+                 + (_number(values, "dev.xen.balloon.high_mem") or 0)) * pagesize
+    total_kib = max(0, physmem - ballooned) // 1024
     return Memory(total_kib=total_kib, free_kib=min(available // 1024, total_kib))
 
 
