@@ -44,9 +44,26 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses, Table
-from xenguest_agent.backends.base import (make_address, os_info_from_release, parse_os_release,
-                                           host_names_from, split_version)
-from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
+from xenguest_agent.backends.base import (
+    host_names_from,
+    make_address,
+    os_info_from_release,
+    parse_os_release,
+    split_version,
+)
+from xenguest_agent.backends.freebsd_sysctl import (
+    SysctlRead,
+    libc_sysctlbyname,
+    read_numbers,
+)
+from xenguest_agent.facts import (
+    Address,
+    Capabilities,
+    HostNames,
+    Interface,
+    Memory,
+    OsInfo,
+)
 from xenguest_agent.host import CommandResult, Host
 
 log = logging.getLogger(__name__)
@@ -313,14 +330,20 @@ class FreeBSDBackend:
     unadvertised_features: Tuple[str, ...] = ("poweroff", "reboot", "suspend")
 
     def __init__(self, host: Host, addresses: Optional[AddressSource] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sysctlbyname: Optional[SysctlRead] = None) -> None:
         """``addresses``: where IP addresses come from.  Default: psutil
         (getifaddrs) on the live system; under a fixture root, the captured
-        ``ifconfig -a`` output itself."""
+        ``ifconfig -a`` output itself.  ``sysctlbyname``: how :meth:`memory` reads
+        :data:`MEMORY_SYSCTLS` without a fork; default: libc's sysctlbyname(3) on a
+        live FreeBSD, else None (the ``sysctl`` snapshot, as under a fixture root)."""
         self.host = host
         if addresses is None and host.is_live:
             addresses = PsutilAddresses()
         self.addresses: Optional[AddressSource] = addresses
+        if sysctlbyname is None and host.is_live:
+            sysctlbyname = libc_sysctlbyname()
+        self.sysctlbyname: Optional[SysctlRead] = sysctlbyname
         self.clock = clock
         self._snapshot: Optional[Tuple[float, Dict[str, str]]] = None
 
@@ -373,6 +396,10 @@ class FreeBSDBackend:
             name="FreeBSD", distro="freebsd", major=None, minor=None, kernel=kernel)
 
     def memory(self) -> Memory:
+        """Read every memory tick (seconds apart): in-process through sysctlbyname(3)
+        where there is one, so the tick forks no ``sysctl``."""
+        if self.sysctlbyname is not None:
+            return memory_from_sysctl(read_numbers(MEMORY_SYSCTLS, self.sysctlbyname))
         return memory_from_sysctl(self.sysctl())
 
     def interfaces(self) -> Tuple[Interface, ...]:
