@@ -152,10 +152,10 @@ def test_vif_ids_come_from_xenstore_path_not_the_unit() -> None:
 def test_capabilities_follow_attached_devices() -> None:
     assert capabilities_from_sysctl({}) == Capabilities(False, False, False)
     values = {"dev.xenballoon.0.%driver": "xenballoon", "dev.xn.0.%driver": "xn",
-              "dev.xbd.0.%driver": "xbd", "dev.xn.%parent": "xenbusb_front"}
+              "dev.xbd.0.%driver": "xbd", "dev.xn.%parent": ""}
     assert capabilities_from_sysctl(values) == Capabilities(True, True, True)
     # the devclass node alone (no unit) is not an attached device
-    assert capabilities_from_sysctl({"dev.xn.%parent": "xenbusb_front"}).hotplug_vif is False
+    assert capabilities_from_sysctl({"dev.xn.%parent": ""}).hotplug_vif is False
 
 
 # --- freebsd-version ---------------------------------------------------------------------------------
@@ -346,6 +346,34 @@ def test_one_sysctl_and_one_ifconfig_per_round_and_every_capture_used(tree: str)
     clock.now += 60  # the next round takes a fresh snapshot
     assert collect_all(backend) == first
     assert [argv[0] for argv in runner.calls].count(SYSCTL) == 2
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_fixtures_say_only_what_freebsd_can_print(tree: str) -> None:
+    """Rules the reconstructed captures must follow, from freebsd/freebsd-src:
+
+    - ``dev.<driver>.%parent`` (the devclass, not a unit) is the parent *class*, set only for a
+      driver with base classes (sys/kern/subr_bus.c devclass_sysctl_handler prints
+      ``dc->parent ? dc->parent->name : ""``; devclass_add_driver takes the parent from
+      driver->baseclasses[0]); netfront's ``xn``, blkfront's ``xbd`` and ``xenballoon``
+      (DEFINE_CLASS_0) have none, so it is empty. A unit's ``%parent`` is its parent device.
+    - ``pltime``/``vltime`` are printed only with ``ifconfig -L`` (sbin/ifconfig/af_inet6.c
+      in6_status: ``if (ip6lifetime && ...)``), and the backend runs ``ifconfig -a``.
+    - ``sysctl`` prints only what it was asked for: each name is one of the requested names
+      or a leaf below a requested node (sbin/sysctl/sysctl.c parse/show_var).
+    """
+    commands = FIXTURES / tree / "_commands"
+    values = parse_sysctl((commands / "sysctl.out").read_text())
+    for name, value in values.items():
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "dev" and parts[2] == "%parent":
+            assert value == "", f"{tree}: {name} is the devclass's parent class, empty here"
+        assert any(name == n or name.startswith(n + ".") for n in SYSCTL_NAMES), \
+            f"{tree}: {name} was not asked for"
+    ifconfig_argv = parse_argv_file((commands / "ifconfig.argv").read_text())
+    if "-L" not in ifconfig_argv:
+        text = (commands / "ifconfig.out").read_text()
+        assert " pltime " not in text and " vltime " not in text, tree
 
 
 def test_14_one_nic() -> None:
