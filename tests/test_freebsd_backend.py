@@ -22,10 +22,10 @@ from xenguest_agent.backends import select_backend
 from xenguest_agent.backends.addresses import PsutilAddresses
 from xenguest_agent.backends.freebsd import (DEFAULT_XENSTORE, FREEBSD_VERSION, IFCONFIG, SYSCTL,
                                              SYSCTL_NAMES, FreeBSDBackend, FreeBSDError,
-                                             IfconfigEntry, build_interfaces,
                                              capabilities_from_sysctl, memory_from_sysctl,
-                                             parse_freebsd_version, parse_ifconfig, parse_sysctl,
-                                             vif_ids)
+                                             parse_freebsd_version, parse_sysctl, vif_ids)
+from xenguest_agent.backends.freebsd_ifconfig import (IfconfigEntry, build_interfaces,
+                                                      parse_ifconfig)
 from xenguest_agent.config import Config
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.fixture import (FixtureError, FixtureRunner, UnexpectedCommand,
