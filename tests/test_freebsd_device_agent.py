@@ -155,6 +155,10 @@ def test_guest_domain_publishes_the_fixture_and_the_kernel_takes_the_request(
     guest.toolstack.request_shutdown("poweroff")
     assert guest.toolstack.wait_for_ack(timeout=5)
     assert wait_for(lambda: guest.kernel is not None and guest.kernel.taken() == ["poweroff"])
+    # the agent saw the request or only its acknowledgement; either way it says so and acts not
+    assert wait_for(lambda: "acknowledged by the guest kernel" in agent.log.read_text()
+                    or "control/shutdown is acknowledged" in agent.log.read_text()), \
+        agent.log.read_text()[-3000:]
     assert agent.lines("actions") == []
     assert agent.device.refusals == [] and agent.device.violations == []
 
