@@ -161,3 +161,35 @@ def test_closing_the_open_file_removes_its_watches(xenstored, device) -> None:
     client.close()
     from support.waiting import wait_for
     assert wait_for(lambda: device.open_files == 0)
+
+
+def test_a_reply_larger_than_the_read_ring_is_recorded(xenstored, device) -> None:
+    """xs_queue_reply: replies go through a PAGE_SIZE ring (KASSERT "xenstore reply too big");
+    a value of more than PAGE_SIZE - 16 bytes cannot be read whole through FreeBSD's device."""
+    value = b"v" * (PAGE_SIZE - HEADER.size + 1)  # "/h" keeps the WRITE within 4096 bytes
+    assert raw(xenstored.socket_path, XS_WRITE, b"/h\0" + value)[0] == XS_WRITE
+    assert raw(device.socket_path, XS_READ, b"/h\0") == (XS_READ, 7, 0, value)
+    assert len(device.violations) == 1 and "read ring" in device.violations[0]
+
+
+def test_the_agents_adapter_sees_an_oversized_request_as_a_broken_connection(xenstored,
+                                                                             device) -> None:
+    """On FreeBSD write(2) of the payload fails with EINVAL and pyxs raises ConnectionError: the
+    adapter reports XenStoreUnavailable and a reconnect (a fresh open(2)) works. The agent's
+    values are bounded far below (schema.MAX_VALUE_BYTES), so this is the failure mode, not a
+    path the agent takes."""
+    from xenguest_agent.schema import MAX_VALUE_BYTES
+    from xenguest_agent.xenstore import XenStore, XenStoreUnavailable
+
+    assert MAX_VALUE_BYTES + 200 < PAGE_SIZE - HEADER.size
+    store = XenStore(device.spec, timeout=5)
+    store.connect()
+    try:
+        with pytest.raises(XenStoreUnavailable):
+            # path NUL value: 20 + 4060 = 4080 + 1 bytes, one over the page with the header
+            store.write("/local/domain/0/big", "v" * (PAGE_SIZE - HEADER.size - 20 + 1))
+        store.connect()
+        store.write("/local/domain/0/big", "v" * MAX_VALUE_BYTES)
+        assert store.read("/local/domain/0/big") == "v" * MAX_VALUE_BYTES
+    finally:
+        store.close()

@@ -19,9 +19,9 @@ upstream connection, which plays the kernel's connection to xenstored. Rules, pe
   buffer ``union { struct xsd_sockmsg msg; char buffer[PAGE_SIZE]; }``; a write that would pass
   ``PAGE_SIZE`` bytes (4096 on amd64 and arm64) fails with ``EINVAL`` from ``write(2)`` itself and
   leaves what was already buffered (pyxs writes the header, then the payload, so the header stays
-  and the open file is wedged). A socket cannot fail one ``send``, so the model closes the
-  connection instead: through pyxs the agent's adapter sees the connection break in both cases
-  (``XenStoreUnavailable``). Recorded in :attr:`refusals`.
+  and the open file is wedged). A socket cannot fail one ``send``, so the model takes the
+  request and then closes the connection: through pyxs the agent's adapter sees the connection
+  break in both cases (``XenStoreUnavailable``). Recorded in :attr:`refusals`.
 * **Operations** (the ``switch`` in ``xs_dev_write``): TRANSACTION_START, TRANSACTION_END,
   DIRECTORY, READ, GET_PERMS, RELEASE, GET_DOMAIN_PATH, WRITE, MKDIR, RM, SET_PERMS are passed
   through; WATCH and UNWATCH are handled by the device; everything else (DIRECTORY_PART,
@@ -326,7 +326,11 @@ class FreeBSDXenstoreDevice:
         while len(item.inbuf) >= HEADER.size:
             op, _, _, length = HEADER.unpack_from(item.inbuf)
             if HEADER.size + length > self.page_size:
-                # "if ((len + u->len) > sizeof(u->u.buffer)) return (EINVAL);"
+                # "if ((len + u->len) > sizeof(u->u.buffer)) return (EINVAL);": the write of the
+                # payload fails. The whole request is taken first (a client's send never fails
+                # here), then the open file is closed: the client's next read sees it broken.
+                if len(item.inbuf) < HEADER.size + length and length <= 16 * self.page_size:
+                    return
                 why = f"write(2) EINVAL: request larger than PAGE_SIZE ({HEADER.size} + {length})"
                 self.refusals.append((item.number, op, why))
                 self._drop(item)
