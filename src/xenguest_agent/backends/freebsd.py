@@ -58,13 +58,7 @@ from xenguest_agent.backends.freebsd_sysctl import (
     libc_sysctlbyname,
     read_numbers,
 )
-from xenguest_agent.facts import (
-    Capabilities,
-    HostNames,
-    Interface,
-    Memory,
-    OsInfo,
-)
+from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import CommandResult, Host
 
 log = logging.getLogger(__name__)
