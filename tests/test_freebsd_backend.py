@@ -376,6 +376,16 @@ def test_fixtures_say_only_what_freebsd_can_print(tree: str) -> None:
         assert " pltime " not in text and " vltime " not in text, tree
 
 
+def test_routing_socket_fixture_carries_the_interfaces_56_byte_sockaddr_dl() -> None:
+    """tests/fixtures/routesock: an interface's link-level address, sent as RTA_IFP, is sized by
+    sys/net/if.c if_attach_internal: offsetof(sdl_data) + IFNAMSIZ + if_addrlen, at least
+    sizeof(struct sockaddr_dl) (54, sys/net/if_dl.h), rounded up to sizeof(long): 56 on amd64."""
+    data = (FIXTURES.parent / "routesock" / "newaddr_inet.bin").read_bytes()
+    ifa_msghdr, netmask = 20, 16  # RTA_NETMASK (a sockaddr_in, 16) comes before RTA_IFP
+    sdl_len, family = data[ifa_msghdr + netmask], data[ifa_msghdr + netmask + 1]
+    assert (sdl_len, family) == (56, 18)  # AF_LINK
+
+
 def test_14_one_nic() -> None:
     facts = collect_all(backend_for("14-one-nic"))
     # os-release is the userland (-p5); the kernel is a patch level behind (-p4)
