@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterator, List
 
 import pytest
 from support.freebsd_device import FreeBSDXenstoreDevice
+from support.freebsd_kernel import FreeBSDControl
 from support.toolstack import GuestDomain
 from support.waiting import leaves, script, wait_for
 
@@ -196,4 +197,35 @@ def test_suspend_resume_in_place_keeps_the_tree_and_the_control_watch(
     assert guest.toolstack.wait_for_ack(timeout=5), agent.log.read_text()[-3000:]
     assert wait_for(lambda: agent.lines("actions") == ["poweroff"])
     assert guest_tree(agent, guest) == expected_tree()
+    assert agent.device.refusals == [] and agent.device.violations == []
+
+
+@pytest.fixture
+def freebsd_kernels() -> Iterator[List[FreeBSDControl]]:
+    started: List[FreeBSDControl] = []
+    yield started
+    for kernel in started:
+        kernel.stop()
+
+
+@pytest.mark.parametrize("request_value,taken", [("halt", ["poweroff"]),
+                                                  ("poweroff;touch /tmp/x", [])])
+def test_freebsds_own_control_handler_acknowledges_first_and_the_agent_never_acts(
+        guest_domain_factory, device_factory, agents, freebsd_kernels, tmp_path,
+        request_value: str, taken: List[str]) -> None:
+    """With FreeBSD's xctrl_on_watch_event (support.freebsd_kernel: "" written before the lookup,
+    "halt" performed as poweroff, unknown values acknowledged and ignored) the agent in auto mode
+    sees the acknowledgement and runs nothing, whatever the value."""
+    guest = guest_domain_factory(kernel="none")
+    kernel = FreeBSDControl(guest.bridge).start()
+    freebsd_kernels.append(kernel)
+    agent = guest_agent(guest, device_factory, agents, tmp_path)
+    guest.toolstack.request_shutdown(request_value)
+    assert guest.toolstack.wait_for_ack(timeout=5), agent.log.read_text()[-3000:]
+    assert wait_for(lambda: kernel.acknowledged == [request_value])
+    assert kernel.taken() == taken
+    assert wait_for(lambda: "acknowledged" in agent.log.read_text()
+                    or "refusing unknown control/shutdown value" in agent.log.read_text()), \
+        agent.log.read_text()[-3000:]
+    assert agent.lines("actions") == []
     assert agent.device.refusals == [] and agent.device.violations == []
