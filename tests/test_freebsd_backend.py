@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
+from support.freebsd_device import FreeBSDXenstoreDevice
 
 from xenguest_agent import cli
 from xenguest_agent.agent import Agent
@@ -21,10 +22,10 @@ from xenguest_agent.backends import select_backend
 from xenguest_agent.backends.addresses import PsutilAddresses
 from xenguest_agent.backends.freebsd import (DEFAULT_XENSTORE, FREEBSD_VERSION, IFCONFIG, SYSCTL,
                                              SYSCTL_NAMES, FreeBSDBackend, FreeBSDError,
-                                             IfconfigEntry, build_interfaces,
                                              capabilities_from_sysctl, memory_from_sysctl,
-                                             parse_freebsd_version, parse_ifconfig, parse_sysctl,
-                                             vif_ids)
+                                             parse_freebsd_version, parse_sysctl, vif_ids)
+from xenguest_agent.backends.freebsd_ifconfig import (IfconfigEntry, build_interfaces,
+                                                      parse_ifconfig)
 from xenguest_agent.config import Config
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.fixture import (FixtureError, FixtureRunner, UnexpectedCommand,
@@ -105,6 +106,28 @@ def test_memory_free_never_exceeds_total() -> None:
     assert memory.free_kib == memory.total_kib == 2063104
 
 
+def test_memory_total_excludes_ballooned_out_pages() -> None:
+    """sys/dev/xen/balloon/balloon.c: decrease_reservation() takes pages with vm_page_alloc()
+    and keeps them (counted in bs.balloon_low, exported as dev.xen.balloon.low_mem, in pages;
+    high_mem is bs.balloon_high); hw.physmem is fixed at boot. So a guest ballooned down by
+    256 MiB still reports the boot size in hw.physmem, and those pages are neither free nor
+    inactive: without the correction XenCenter would count them as used."""
+    values = dict(BASE_MEMORY, **{"dev.xen.balloon.low_mem": "65536",
+                                  "dev.xen.balloon.high_mem": "0"})
+    # 2063104 KiB - 65536 pages * 4 KiB = 1800960 KiB; free is unchanged
+    assert memory_from_sysctl(values) == Memory(total_kib=1800960, free_kib=1400532)
+    values["dev.xen.balloon.high_mem"] = "256"
+    assert memory_from_sysctl(values).total_kib == 1800960 - 1024
+    # no balloon driver in the kernel: the sysctls are absent and nothing is subtracted
+    assert memory_from_sysctl(BASE_MEMORY).total_kib == 2063104
+
+
+def test_memory_never_reports_more_free_than_the_ballooned_total() -> None:
+    values = dict(BASE_MEMORY, **{"dev.xen.balloon.low_mem": "400000"})
+    memory = memory_from_sysctl(values)
+    assert memory.total_kib == 2063104 - 1600000 == memory.free_kib
+
+
 @pytest.mark.parametrize("missing", sorted(BASE_MEMORY))
 def test_memory_without_a_required_counter_raises(missing: str) -> None:
     values = {k: v for k, v in BASE_MEMORY.items() if k != missing}
@@ -129,10 +152,10 @@ def test_vif_ids_come_from_xenstore_path_not_the_unit() -> None:
 def test_capabilities_follow_attached_devices() -> None:
     assert capabilities_from_sysctl({}) == Capabilities(False, False, False)
     values = {"dev.xenballoon.0.%driver": "xenballoon", "dev.xn.0.%driver": "xn",
-              "dev.xbd.0.%driver": "xbd", "dev.xn.%parent": "xenbusb_front"}
+              "dev.xbd.0.%driver": "xbd", "dev.xn.%parent": ""}
     assert capabilities_from_sysctl(values) == Capabilities(True, True, True)
     # the devclass node alone (no unit) is not an attached device
-    assert capabilities_from_sysctl({"dev.xn.%parent": "xenbusb_front"}).hotplug_vif is False
+    assert capabilities_from_sysctl({"dev.xn.%parent": ""}).hotplug_vif is False
 
 
 # --- freebsd-version ---------------------------------------------------------------------------------
@@ -325,6 +348,44 @@ def test_one_sysctl_and_one_ifconfig_per_round_and_every_capture_used(tree: str)
     assert [argv[0] for argv in runner.calls].count(SYSCTL) == 2
 
 
+@pytest.mark.parametrize("tree", TREES)
+def test_fixtures_say_only_what_freebsd_can_print(tree: str) -> None:
+    """Rules the reconstructed captures must follow, from freebsd/freebsd-src:
+
+    - ``dev.<driver>.%parent`` (the devclass, not a unit) is the parent *class*, set only for a
+      driver with base classes (sys/kern/subr_bus.c devclass_sysctl_handler prints
+      ``dc->parent ? dc->parent->name : ""``; devclass_add_driver takes the parent from
+      driver->baseclasses[0]); netfront's ``xn``, blkfront's ``xbd`` and ``xenballoon``
+      (DEFINE_CLASS_0) have none, so it is empty. A unit's ``%parent`` is its parent device.
+    - ``pltime``/``vltime`` are printed only with ``ifconfig -L`` (sbin/ifconfig/af_inet6.c
+      in6_status: ``if (ip6lifetime && ...)``), and the backend runs ``ifconfig -a``.
+    - ``sysctl`` prints only what it was asked for: each name is one of the requested names
+      or a leaf below a requested node (sbin/sysctl/sysctl.c parse/show_var).
+    """
+    commands = FIXTURES / tree / "_commands"
+    values = parse_sysctl((commands / "sysctl.out").read_text())
+    for name, value in values.items():
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "dev" and parts[2] == "%parent":
+            assert value == "", f"{tree}: {name} is the devclass's parent class, empty here"
+        assert any(name == n or name.startswith(n + ".") for n in SYSCTL_NAMES), \
+            f"{tree}: {name} was not asked for"
+    ifconfig_argv = parse_argv_file((commands / "ifconfig.argv").read_text())
+    if "-L" not in ifconfig_argv:
+        text = (commands / "ifconfig.out").read_text()
+        assert " pltime " not in text and " vltime " not in text, tree
+
+
+def test_routing_socket_fixture_carries_the_interfaces_56_byte_sockaddr_dl() -> None:
+    """tests/fixtures/routesock: an interface's link-level address, sent as RTA_IFP, is sized by
+    sys/net/if.c if_attach_internal: offsetof(sdl_data) + IFNAMSIZ + if_addrlen, at least
+    sizeof(struct sockaddr_dl) (54, sys/net/if_dl.h), rounded up to sizeof(long): 56 on amd64."""
+    data = (FIXTURES.parent / "routesock" / "newaddr_inet.bin").read_bytes()
+    ifa_msghdr, netmask = 20, 16  # RTA_NETMASK (a sockaddr_in, 16) comes before RTA_IFP
+    sdl_len, family = data[ifa_msghdr + netmask], data[ifa_msghdr + netmask + 1]
+    assert (sdl_len, family) == (56, 18)  # AF_LINK
+
+
 def test_14_one_nic() -> None:
     facts = collect_all(backend_for("14-one-nic"))
     # os-release is the userland (-p5); the kernel is a patch level behind (-p4)
@@ -337,6 +398,13 @@ def test_14_one_nic() -> None:
     assert interfaces["lo0"].vif is None
     assert facts["capabilities"] == Capabilities(balloon=True, hotplug_vif=True, hotplug_vbd=True)
     assert facts["names"] == HostNames("fbsd14.example.org", "example.org")
+
+
+def test_14_several_nics_ballooned_down_by_2_gib() -> None:
+    # hw.physmem 8535236608 B = 8335192 KiB, minus dev.xen.balloon.low_mem 524288 pages of 4 KiB
+    # (balloon.c); free: (999168 free + 402112 inactive) pages * 4 KiB, no ZFS
+    memory = backend_for("14-several-nics").memory()
+    assert memory == Memory(total_kib=8335192 - 2097152, free_kib=(999168 + 402112) * 4)
 
 
 def test_14_several_nics_units_are_not_vif_ids() -> None:
@@ -403,9 +471,12 @@ def test_constants_and_power_commands(tmp_path: Path) -> None:
     assert backend.default_xenstore == DEFAULT_XENSTORE == "/dev/xen/xenstore"
     assert backend.kernel_features == ()
     assert backend.unadvertised_features == ("poweroff", "reboot", "suspend")
+    # FreeBSD's own kernel maps "halt" to xctrl_poweroff (shutdown_nice(RB_POWEROFF|RB_HALT)):
+    # sys/dev/xen/control/control.c, xctrl_shutdown_reasons. shutdown(8): -p powers off, -h
+    # only halts (the domain would stay "running" and the toolstack would wait for it).
     assert backend.power_commands() == {"poweroff": ("/sbin/shutdown", "-p", "now"),
                                         "reboot": ("/sbin/shutdown", "-r", "now"),
-                                        "halt": ("/sbin/shutdown", "-h", "now")}
+                                        "halt": ("/sbin/shutdown", "-p", "now")}
     backend.tune_suspend(300)  # nothing to tune, nothing run
     assert backend.host.run.calls == []  # type: ignore[attr-defined]
 
@@ -422,12 +493,21 @@ def leaves(tree: Dict[str, str]) -> Dict[str, str]:
     return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
 
 
+@pytest.mark.parametrize("via", ["xenstored", "freebsd-device"])
 @pytest.mark.parametrize("tree", ["14-one-nic", "13-lagg", "14-ipv6-only"])
-def test_run_once_publishes_the_golden_dump_and_the_features(tree: str, xenstored, tmp_path: Path) -> None:
+def test_run_once_publishes_the_golden_dump_and_the_features(tree: str, via: str, xenstored,
+                                                             tmp_path: Path) -> None:
+    """Straight to xenstored's socket, and through the model of FreeBSD's /dev/xen/xenstore
+    (support.freebsd_device: xenstore_dev.c xs_dev_write's per-open-file rules), which must
+    not have had to refuse anything."""
     config = tmp_path / "config.yaml"
     config.write_text("")
-    code = cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(FIXTURES / tree),
-                     "--os", "freebsd", "--config", str(config)])
+    with FreeBSDXenstoreDevice(xenstored.socket_path) as device:
+        spec = device.spec if via == "freebsd-device" else xenstored.spec
+        code = cli.main(["run", "--once", "--xenstore", spec, "--root", str(FIXTURES / tree),
+                         "--os", "freebsd", "--config", str(config)])
+        assert (device.refusals, device.violations) == ([], [])
+        assert (device.opens > 0) == (via == "freebsd-device")
     assert code == 0
     expected = json.loads((FIXTURES / tree / "expected.json").read_text())
     # FreeBSD's kernel performs the requests but advertises none: the agent does

@@ -59,16 +59,18 @@ log = logging.getLogger(__name__)
 UNIQUE_DOMAIN_ID = "unique-domain-id"
 DOMID = "domid"
 
+def watch_token(path: str) -> str:
+    """The token of the watch on ``path``: one token per watch, never shared.  FreeBSD's
+    /dev/xen/xenstore refuses an XS_WATCH whose token is already registered on the open file
+    with EINVAL (freebsd-src sys/dev/xen/xenstore/xenstore_dev.c ``xs_dev_write``,
+    ``xs_dev_find_watch``); Linux's device and xenstored accept it."""
+    return "xenguest-agent:" + path
 
-def token_for(path: str) -> str:
-    """One token per watch: FreeBSD's /dev/xen/xenstore refuses a second XS_WATCH
-    with a token already registered on the same open file (EINVAL), while
-    Linux's xenbus device accepts it.  The path makes every token distinct."""
-    return f"xenguest-agent:{path}"
 
-
-TOKEN_SHUTDOWN = token_for(SHUTDOWN_KEY)
-DOMAIN_TOKENS = frozenset({token_for(DOMID), token_for(UNIQUE_DOMAIN_ID)})
+TOKEN_UNIQUE_DOMAIN_ID = watch_token(UNIQUE_DOMAIN_ID)
+TOKEN_DOMID = watch_token(DOMID)
+TOKEN_SHUTDOWN = watch_token(SHUTDOWN_KEY)
+DOMAIN_TOKENS = frozenset({TOKEN_DOMID, TOKEN_UNIQUE_DOMAIN_ID})
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
@@ -174,7 +176,7 @@ class Daemon:
     def _watch(self, path: str) -> None:
         """One watch; a refusal about this path is logged and the others still go."""
         try:
-            self.store.watch(path, token_for(path))
+            self.store.watch(path, watch_token(path))
         except XenStoreUnavailable:
             raise
         except XenStoreError as exc:

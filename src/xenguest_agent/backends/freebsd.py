@@ -5,9 +5,12 @@ asks ``/sbin/sysctl -i`` for every name it needs in one command (``-i``: names t
 kernel does not have are skipped silently, sbin/sysctl/sysctl.c ``parse``), keeps
 that snapshot for the few milliseconds a collection round lasts, and parses it
 with pure functions.  ``ifconfig -a`` is the one source of how interfaces are
-stacked (lagg ports, vlan parents, bridge members): no sysctl exposes that.  Every
-command goes through :attr:`Host.run`, so the tests replay captures of real
-FreeBSD 13 and 14 guests on Linux (tests/fixtures/freebsd/, :mod:`xenguest_agent.fixture`).
+stacked (lagg ports, vlan parents, bridge members): no sysctl exposes that
+(freebsd_ifconfig.py).  The memory tick, every few seconds, reads its few numbers
+in-process with sysctlbyname(3) on a live FreeBSD instead (freebsd_sysctl.py).  Every
+command goes through :attr:`Host.run`, so the tests replay FreeBSD 13 and 14 trees on
+Linux (tests/fixtures/freebsd/, modelled from the sources until real captures are
+contributed; :mod:`xenguest_agent.fixture`).
 
 Facts, each checked against freebsd/freebsd-src:
 
@@ -25,7 +28,13 @@ Facts, each checked against freebsd/freebsd-src:
   (sys/dev/xen/balloon/balloon.c); newbus gives every attached device the
   ``dev.<driver>.<unit>.%driver`` sysctl (sys/kern/subr_bus.c ``device_sysctl_init``).
 - The kernel performs ``control/shutdown`` requests itself
-  (sys/dev/xen/control/control.c ``xctrl_on_watch_event``) but writes no
+  (sys/dev/xen/control/control.c ``xctrl_on_watch_event``): it reads the value,
+  acknowledges it by writing "" *before* looking it up (so an unknown value is
+  acknowledged too, and then ignored), and runs the handler of
+  ``xctrl_shutdown_reasons``: "poweroff" and "halt" both ``xctrl_poweroff``
+  (``shutdown_nice(RB_POWEROFF|RB_HALT)``), "reboot", "suspend" (``xctrl_suspend``
+  stops every user process with ``stop_all_proc`` and resumes them afterwards: no
+  freeze timeout to tune) and "crash" (a panic).  It writes no
   ``control/feature-*`` key, so the agent advertises them (control.py).
 """
 
@@ -34,13 +43,22 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses, Table
-from xenguest_agent.backends.base import (make_address, os_info_from_release, parse_os_release,
-                                           host_names_from, split_version)
-from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
+from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
+from xenguest_agent.backends.base import (
+    host_names_from,
+    os_info_from_release,
+    parse_os_release,
+    split_version,
+)
+from xenguest_agent.backends.freebsd_ifconfig import build_interfaces, parse_ifconfig
+from xenguest_agent.backends.freebsd_sysctl import (
+    SysctlRead,
+    libc_sysctlbyname,
+    read_numbers,
+)
+from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import CommandResult, Host
 
 log = logging.getLogger(__name__)
@@ -53,11 +71,9 @@ IFCONFIG = "/sbin/ifconfig"
 FREEBSD_VERSION = "/bin/freebsd-version"
 SHUTDOWN = "/sbin/shutdown"
 
-#: Everything the backend reads from sysctl, in one command.  Subtrees (``dev.xn``)
-#: print every leaf below them (sysctl.c ``sysctl_all``).
-SYSCTL_NAMES = (
-    "kern.osrelease",                 # uname -r (sys/kern/kern_mib.c)
-    "kern.hostname",                  # hostname(1)
+#: The numbers :func:`memory_from_sysctl` uses: read with sysctlbyname(3) on a live
+#: FreeBSD (no fork every memory tick), from the ``sysctl`` snapshot under a fixture root.
+MEMORY_SYSCTLS = (
     "hw.physmem",                     # bytes of physical memory (kern_mib.c)
     "hw.pagesize",                    # bytes per page
     "vm.stats.vm.v_free_count",       # pages, sys/vm/vm_meter.c
@@ -65,6 +81,16 @@ SYSCTL_NAMES = (
     "vm.stats.vm.v_cache_count",      # real before FreeBSD 11, a 0 dummy since (COMPAT_FREEBSD11)
     "kstat.zfs.misc.arcstats.size",   # bytes, only with ZFS loaded
     "kstat.zfs.misc.arcstats.c_min",
+    "dev.xen.balloon.low_mem",        # pages ballooned out (sys/dev/xen/balloon/balloon.c)
+    "dev.xen.balloon.high_mem",
+)
+
+#: Everything the backend reads from sysctl, in one command.  Subtrees (``dev.xn``)
+#: print every leaf below them (sysctl.c ``sysctl_all``).
+SYSCTL_NAMES = (
+    "kern.osrelease",                 # uname -r (sys/kern/kern_mib.c)
+    "kern.hostname",                  # hostname(1)
+) + MEMORY_SYSCTLS + (
     "dev.xn",                         # netfront NICs
     "dev.xbd",                        # blkfront disks
     "dev.xenballoon",                 # the balloon driver
@@ -76,9 +102,6 @@ SNAPSHOT_TTL = 1.0
 _SYSCTL_LINE = re.compile(r"^([A-Za-z0-9_%.\-]+): ?(.*)$")
 _XENSTORE_PATH = re.compile(r"^dev\.xn\.(\d+)\.xenstore_path$")
 _VIF_NODE = re.compile(r"^device/vif/(\d+)$")
-_XN_NAME = re.compile(r"^xn(\d+)$")
-_IFCONFIG_HEADER = re.compile(r"^([^\s:]+): flags=")
-_PARENT = re.compile(r"\bparent interface: (\S+)")
 
 
 class FreeBSDError(Exception):
@@ -116,7 +139,11 @@ def _number(values: Mapping[str, str], name: str) -> Optional[int]:
 def memory_from_sysctl(values: Mapping[str, str]) -> Memory:
     """Memory in KiB from the VM counters.
 
-    total = ``hw.physmem`` (bytes).  free means what Linux's ``MemAvailable`` means,
+    total = ``hw.physmem`` (bytes, fixed at boot: sys/kern/kern_mib.c) minus the pages the
+    balloon driver holds, ``dev.xen.balloon.low_mem`` + ``high_mem`` (pages): its
+    ``decrease_reservation`` allocates them with ``vm_page_alloc`` and keeps them
+    (sys/dev/xen/balloon/balloon.c), so they are neither free nor inactive and, left in
+    the total, would show as used.  free means what Linux's ``MemAvailable`` means,
     memory that can be handed to applications without swapping (docs/freebsd.md):
 
         (v_free_count + v_inactive_count + v_cache_count) * hw.pagesize
@@ -146,7 +173,9 @@ def memory_from_sysctl(values: Mapping[str, str]) -> Memory:
     arc_min = _number(values, "kstat.zfs.misc.arcstats.c_min")
     if arc_size is not None and arc_min is not None:
         available += max(0, arc_size - arc_min)
-    total_kib = physmem // 1024
+    ballooned = ((_number(values, "dev.xen.balloon.low_mem") or 0)
+                 + (_number(values, "dev.xen.balloon.high_mem") or 0)) * pagesize
+    total_kib = max(0, physmem - ballooned) // 1024
     return Memory(total_kib=total_kib, free_kib=min(available // 1024, total_kib))
 
 
@@ -183,102 +212,6 @@ def parse_freebsd_version(version: str, kernel: str) -> Optional[OsInfo]:
     return OsInfo(name=f"FreeBSD {line}", distro="freebsd", major=major, minor=minor, kernel=kernel)
 
 
-@dataclass(frozen=True)
-class IfconfigEntry:
-    """What ``ifconfig -a`` says about one interface."""
-
-    name: str
-    mac: Optional[str]
-    lower: Tuple[str, ...]
-    addresses: Tuple[Address, ...]
-
-
-def parse_ifconfig(text: str) -> Tuple[IfconfigEntry, ...]:
-    """``ifconfig -a`` output (sbin/ifconfig) -> one entry per interface, in order.
-
-    Read: ``ether`` and ``hwaddr`` (af_link.c; ``hwaddr`` is the permanent
-    address, printed when a lagg or an administrator changed the MAC, and it is
-    the one the toolstack knows), ``inet``/``inet6`` (af_inet.c, af_inet6.c; the
-    ``%scope`` of a link-local is stripped), ``laggport:`` (iflagg.c), ``member:``
-    (ifbridge.c) and the vlan line's ``parent interface:`` (ifvlan.c).  Only these
-    line prefixes matter, not their order or the other lines.  A lagg *port* may
-    list its lagg's protocol and sibling ports with ``laggdev <lagg>`` (older
-    iflagg.c): those ports are not below it, so they are ignored there."""
-    entries: List[IfconfigEntry] = []
-    name: Optional[str] = None
-    fields: Dict[str, Optional[str]] = {}
-    lower: List[str] = []
-    ports: List[str] = []
-    addresses: List[Address] = []
-
-    def finish() -> None:
-        if name is None:
-            return
-        below = lower + ([] if fields.get("laggdev") else ports)
-        seen: Dict[Tuple[int, str], Address] = {}
-        for address in addresses:
-            seen.setdefault((address.family, address.address), address)
-        entries.append(IfconfigEntry(
-            name, fields.get("hwaddr") or fields.get("ether"),
-            tuple(dict.fromkeys(n for n in below if n != name)), tuple(seen.values())))
-
-    for line in text.splitlines():
-        header = _IFCONFIG_HEADER.match(line)
-        if header:
-            finish()
-            name, fields, lower, ports, addresses = header.group(1), {}, [], [], []
-            continue
-        if name is None or not line[:1].isspace():
-            continue
-        words = line.split()
-        if not words:
-            continue
-        key = words[0]
-        if key in ("ether", "hwaddr") and len(words) > 1:
-            fields[key] = words[1].lower()
-        elif key in ("inet", "inet6") and len(words) > 1:
-            address = make_address(4 if key == "inet" else 6, words[1])
-            if address is not None:
-                addresses.append(address)
-        elif key == "laggport:" and len(words) > 1:
-            ports.append(words[1])
-        elif key == "member:" and len(words) > 1:
-            lower.append(words[1])
-        elif key == "vlan:":
-            parent = _PARENT.search(line)
-            if parent and parent.group(1) != "<none>":
-                lower.append(parent.group(1))
-        elif key == "laggdev:" or (key == "laggproto" and "laggdev" in words):
-            fields["laggdev"] = words[-1]
-    finish()
-    return tuple(entries)
-
-
-def build_interfaces(entries: Tuple[IfconfigEntry, ...], vifs: Mapping[int, int],
-                     table: Optional[Table]) -> Tuple[Interface, ...]:
-    """Interfaces with VIF ids and stacking.  ``table``: addresses from another
-    source (psutil on a live guest); None means the ones ``ifconfig`` printed.
-
-    An ``xn<unit>`` whose unit has a ``xenstore_path`` gets that VIF id; otherwise
-    the id stays unknown and the agent matches the MAC against the toolstack's
-    ``device/vif/*/mac`` (network.py ``resolve_vifs``), which is right even when
-    units and VIF ids differ, unlike guessing "xnN is VIF N"."""
-    by_name = {entry.name: entry for entry in entries}
-    names = list(by_name) + sorted(set(table or ()) - set(by_name))
-    found: List[Interface] = []
-    for name in names:
-        entry = by_name.get(name)
-        unit = _XN_NAME.match(name)
-        vif = vifs.get(int(unit.group(1))) if unit else None
-        if table is not None:
-            addresses = table.get(name, ())
-        else:
-            addresses = entry.addresses if entry else ()
-        found.append(Interface(name=name, mac=entry.mac if entry else None, vif=vif,
-                               addresses=addresses, lower=entry.lower if entry else ()))
-    return tuple(found)
-
-
 # --- the backend ---------------------------------------------------------------------------
 
 class FreeBSDBackend:
@@ -286,20 +219,27 @@ class FreeBSDBackend:
 
     name = "freebsd"
     default_xenstore = DEFAULT_XENSTORE
-    #: sys/dev/xen/control/control.c performs poweroff/reboot/halt/suspend but
-    #: writes no control/feature-* key: the agent advertises them (control.py).
+    #: sys/dev/xen/control/control.c performs poweroff, reboot, suspend and crash
+    #: ("halt" is poweroff there) but writes no control/feature-* key: the agent
+    #: advertises them (control.py).
     kernel_features: Tuple[str, ...] = ()
     unadvertised_features: Tuple[str, ...] = ("poweroff", "reboot", "suspend")
 
     def __init__(self, host: Host, addresses: Optional[AddressSource] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sysctlbyname: Optional[SysctlRead] = None) -> None:
         """``addresses``: where IP addresses come from.  Default: psutil
         (getifaddrs) on the live system; under a fixture root, the captured
-        ``ifconfig -a`` output itself."""
+        ``ifconfig -a`` output itself.  ``sysctlbyname``: how :meth:`memory` reads
+        :data:`MEMORY_SYSCTLS` without a fork; default: libc's sysctlbyname(3) on a
+        live FreeBSD, else None (the ``sysctl`` snapshot, as under a fixture root)."""
         self.host = host
         if addresses is None and host.is_live:
             addresses = PsutilAddresses()
         self.addresses: Optional[AddressSource] = addresses
+        if sysctlbyname is None and host.is_live:
+            sysctlbyname = libc_sysctlbyname()
+        self.sysctlbyname: Optional[SysctlRead] = sysctlbyname
         self.clock = clock
         self._snapshot: Optional[Tuple[float, Dict[str, str]]] = None
 
@@ -352,6 +292,10 @@ class FreeBSDBackend:
             name="FreeBSD", distro="freebsd", major=None, minor=None, kernel=kernel)
 
     def memory(self) -> Memory:
+        """Read every memory tick (seconds apart): in-process through sysctlbyname(3)
+        where there is one, so the tick forks no ``sysctl``."""
+        if self.sysctlbyname is not None:
+            return memory_from_sysctl(read_numbers(MEMORY_SYSCTLS, self.sysctlbyname))
         return memory_from_sysctl(self.sysctl())
 
     def interfaces(self) -> Tuple[Interface, ...]:
@@ -373,11 +317,14 @@ class FreeBSDBackend:
                                self.host.read_text("/etc/resolv.conf"))
 
     def power_commands(self) -> Dict[str, Tuple[str, ...]]:
-        """shutdown(8): ``-p`` powers off, ``-r`` reboots, ``-h`` halts."""
+        """shutdown(8): ``-p`` powers off, ``-r`` reboots.  "halt" powers off too, as
+        FreeBSD's own kernel does with it (control.c maps "halt" to ``xctrl_poweroff``):
+        ``-h`` would halt the CPU and leave the domain running."""
         return {"poweroff": (SHUTDOWN, "-p", "now"), "reboot": (SHUTDOWN, "-r", "now"),
-                "halt": (SHUTDOWN, "-h", "now")}
+                "halt": (SHUTDOWN, "-p", "now")}
 
     def tune_suspend(self, freeze_timeout: int) -> None:
         """Nothing to tune: FreeBSD suspends for Xen in the kernel (control.c
-        ``xctrl_suspend``) without freezing user processes under a timeout."""
+        ``xctrl_suspend``), stopping every user process with ``stop_all_proc`` and
+        resuming them after, with no freeze timeout."""
         log.debug("FreeBSD has no suspend freeze timeout; %d s not applied", freeze_timeout)
