@@ -73,6 +73,26 @@ _EXTRA_ERRORS = {"EQUOTA": errno.EDQUOT}
 EventCallback = Callable[[str, str], None]
 
 
+#: What xenstored refuses about one key, so that the others still go ahead.  From C
+#: xenstored (xen-project/xen 4.17, tools/xenstore/):
+#:
+#: * EACCES: the node's or its parents' permissions (xenstored_core.c ``get_node``,
+#:   ``errno_from_parents``);
+#: * ENOSPC: a quota: nodes per domain (``create_node``), node size
+#:   (``write_node_raw``), nodes per transaction (xenstored_transaction.c
+#:   ``access_node``), and the node quota again at commit (``do_transaction_end``);
+#: * E2BIG: a reply over XENSTORE_PAYLOAD_MAX, e.g. the child list of a node with
+#:   too many children (xenstored_core.c ``send_reply``);
+#: * EINVAL: a path xenstored refuses (``is_valid_nodename``; refused here first);
+#: * EDQUOT: oxenstored's "EQUOTA" (see ``_EXTRA_ERRORS``).
+#:
+#: Not per key, so the request's round fails and is retried whole: EEXIST (only
+#: a duplicate watch, xenstored_watch.c ``do_watch``), ENOMEM (xenstored's own
+#: memory or the domain's memory quota, xenstored_domain.c ``domain_memory_add``:
+#: every request fails alike), EAGAIN, EIO, and a lost connection.
+KEY_ERRORS = frozenset({errno.EACCES, errno.ENOSPC, errno.E2BIG, errno.EINVAL, errno.EDQUOT})
+
+
 class XenStoreError(Exception):
     """xenstored refused a request; ``errno`` says why (EACCES, ENOSPC, EAGAIN...)."""
 
@@ -156,7 +176,7 @@ def parse_spec(spec: str) -> Tuple[str, str]:
     return "device", spec
 
 
-class _Router(Router):
+class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
     """pyxs's router, but a broken connection ends the thread with a log line
     (the reason is kept for the error message) instead of a thread traceback."""
 
@@ -177,7 +197,7 @@ class _Sink:
         self.events = self
         self._callback = callback
 
-    def put(self, event) -> None:  # called on the router thread
+    def put(self, event: Tuple[bytes, bytes]) -> None:  # called on the router thread
         path, token = event
         self._callback(path.decode("ascii", "replace"), token.decode("ascii", "replace"))
 
@@ -310,7 +330,7 @@ class XenStore:
             raise error_from_reply(reply.payload, path)
         if reply.op != op:
             raise XenStoreUnavailable(f"XenStore at {self.path} answered op {reply.op} to op {op}")
-        return reply.payload
+        return bytes(reply.payload)
 
     def _request_node(self, op: int, path: str, tx_id: int) -> Optional[bytes]:
         """A request about one node; None when xenstored says ENOENT (the node is
