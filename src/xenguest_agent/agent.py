@@ -19,6 +19,7 @@ from xenguest_agent.config import Config, MemoryConfig
 from xenguest_agent.facts import Facts, Memory
 from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
 from xenguest_agent.publisher import Publisher, PublishResult
+from xenguest_agent.ratelog import RateLimitedLog
 from xenguest_agent.xenstore import XenStore
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,13 @@ Clock = Callable[[], float]
 UPDATED_VALUE = "1"
 
 COLLECTORS = ("os", "memory", "interfaces", "capabilities", "names")
+
+#: How long a failing collector's last good value stands in for it, counted from
+#: its last success: three default safety sweeps (config ``interval``).  A
+#: collector still failing after that is broken, not flaky: it then has no
+#: value, so its keys are withdrawn (removed) until it succeeds again, rather
+#: than published as current for ever.
+LAST_GOOD_MAX_AGE = 900.0
 
 
 def memory_due(published: Optional[Memory], since: float, now: float, current: Memory,
@@ -77,6 +85,8 @@ class Agent:
         self.clock = clock
         self.tools = schema.tools_version(__version__)
         self._last_good: Dict[str, object] = {}
+        self._good_at: Dict[str, float] = {}
+        self._warn = RateLimitedLog(log, clock=clock)
         self._slots: Dict[str, Slots] = {}
         self._memory_published: Optional[Memory] = None
         self._memory_since = 0.0
@@ -95,12 +105,21 @@ class Agent:
         try:
             value = method()
         except Exception as exc:  # one broken collector never stops the others
-            elapsed = (time.perf_counter() - started) * 1000
-            kept = "keeping the last good value" if name in self._last_good else "no value yet"
-            log.warning("collector %s failed after %.1f ms: %s (%s)", name, elapsed, exc, kept)
-            return self._last_good.get(name)
+            return self._failed(name, exc, (time.perf_counter() - started) * 1000)
         self._last_good[name] = value
+        self._good_at[name] = self.clock()
         return value
+
+    def _failed(self, name: str, exc: Exception, elapsed_ms: float) -> object:
+        """The last good value while it is younger than LAST_GOOD_MAX_AGE, else None."""
+        if name in self._last_good and self.clock() - self._good_at[name] > LAST_GOOD_MAX_AGE:
+            del self._last_good[name]
+            log.warning("collector %s has failed for over %gs: withdrawing its keys until it "
+                        "works again (%s)", name, LAST_GOOD_MAX_AGE, exc)
+        kept = "keeping the last good value" if name in self._last_good else "no value"
+        self._warn.warning(("collector", name, type(exc).__name__),
+                           "collector %s failed after %.1f ms: %s (%s)", name, elapsed_ms, exc, kept)
+        return self._last_good.get(name)
 
     def collect(self, only: Optional[Iterable[str]] = None) -> Facts:
         """Run the collectors (all, or those named in ``only``: the others keep
