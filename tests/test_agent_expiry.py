@@ -70,3 +70,20 @@ def test_a_collector_not_rerun_is_not_expired(tmp_path):
     clock.now += LAST_GOOD_MAX_AGE * 3
     agent.publish(store, publisher, only=("memory",))
     assert store.nodes["attr/vif/0/ipv4/0"] == "10.0.0.2"
+
+
+def test_an_unreadable_mac_entry_is_skipped_alone():
+    """The toolstack's MAC table is read per key: one VIF whose entry the guest
+    may not read (EACCES) or whose name is odd does not fail the round."""
+    import errno
+
+    from xenguest_agent.agent import read_mac_directory
+
+    store = MemStore()
+    store.write("device/vif/0/mac", "00:16:3e:00:00:01")
+    store.write("device/vif/1/mac", "00:16:3e:00:00:02")
+    store.unreadable["device/vif/1"] = errno.EACCES
+    store.unreadable["xenserver/device/net-sriov-vf"] = errno.EACCES
+    macs = read_mac_directory(store)
+    assert macs.vifs == {"00:16:3e:00:00:01": 0}
+    assert macs.sriov == {}

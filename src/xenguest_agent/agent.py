@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from xenguest_agent import __version__, schema
 from xenguest_agent.backends.base import Backend
@@ -20,11 +20,12 @@ from xenguest_agent.facts import Facts, Memory
 from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
 from xenguest_agent.publisher import Publisher, PublishResult
 from xenguest_agent.ratelog import RateLimitedLog
-from xenguest_agent.xenstore import XenStore
+from xenguest_agent.xenstore import KEY_ERRORS, XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 #: The value of ``data/updated``.  Readers test that the key exists (squeezed)
 #: or react to its being rewritten; the value itself carries no meaning.
@@ -66,11 +67,22 @@ class MacDirectory:
 
 
 def read_mac_directory(store: XenStore) -> MacDirectory:
+    """Read key by key: an entry xenstored refuses (KEY_ERRORS: e.g. EACCES on a
+    VIF the guest may not read) is skipped alone."""
+    def attempt(request: Callable[[str], T], path: str) -> Optional[T]:
+        try:
+            return request(path)
+        except XenStoreError as exc:
+            if isinstance(exc, XenStoreUnavailable) or exc.errno not in KEY_ERRORS:
+                raise
+            log.debug("skipping %s: %s", path, exc)
+            return None
+
     def read(base: str) -> Dict[str, int]:
         found: Dict[str, int] = {}
-        for child in store.ls(base) or ():
-            mac = store.read(f"{base}/{child}/mac")
-            if mac and child.isdigit():
+        for child in attempt(store.ls, base) or ():
+            mac = attempt(store.read, f"{base}/{child}/mac") if child.isdigit() else None
+            if mac:
                 found[mac.strip().lower()] = int(child)
         return found
     return MacDirectory(vifs=read("device/vif"), sriov=read("xenserver/device/net-sriov-vf"))
