@@ -72,7 +72,6 @@ class PublishResult:
 @dataclass
 class _Refusal:
     value: Optional[str]  # the refused value; None for a removal
-    code: int
     step: float
     due: float
 
@@ -220,7 +219,7 @@ class Publisher:
         now = self.clock()
         old = self._refusals.get(path)
         step = min(old.step * 2, RETRY_MAX) if old is not None else RETRY_FIRST
-        self._refusals[path] = _Refusal(value, exc.errno, step, now + step)
+        self._refusals[path] = _Refusal(value, step, now + step)
         result.refused.append((path, exc.errno))
         action = "remove" if value is None else "write"
         self._warn.warning(("refused", action, path, exc.errno),
