@@ -103,8 +103,22 @@ def _below(key: str, root: str) -> bool:
     return key == root or key.startswith(root + "/")
 
 
+def _relative(path: str) -> str:
+    """``/local/domain/5/data/x`` -> ``data/x``: events carry the path as watched."""
+    match = _HOME.match(path)
+    return path[match.end():] if match else path
+
+
 class Publisher:
-    """Keeps XenStore equal to the last desired state, writing only differences."""
+    """Keeps XenStore equal to the last desired state, writing only differences.
+
+    How a loop keeps it true without polling: for each path of
+    ``schema.OWNED_TREES + schema.OWNED_KEYS``, call :meth:`expect_event` then
+    set a watch on it (one token per watch); pass every event of those watches
+    to :meth:`note_event` as it arrives and publish soon whenever it returns
+    True (the facts need not be collected again: ``Agent.publish(...,
+    only=())``); wake at :meth:`next_retry` and publish, so refused keys are
+    retried; :meth:`invalidate` after a resume, a migration or a reconnect."""
 
     def __init__(self, store: XenStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
@@ -145,8 +159,7 @@ class Publisher:
         fires exactly one event, with the path we sent: each is recorded as
         expected before it is sent and consumed here when its event arrives.
         Any other event is another writer's: its path becomes a suspect."""
-        match = _HOME.match(path)
-        relative = path[match.end():] if match else path
+        relative = _relative(path)
         if not schema.owns(relative):
             return False
         with self._lock:
@@ -159,7 +172,7 @@ class Publisher:
         """A watch on ``path`` is about to be set: xenstored fires each new watch
         once at once (xenstored_watch.c ``do_watch``), which is not a change."""
         with self._lock:
-            self._expect(path)
+            self._expect(_relative(path))
 
     @property
     def needs_repair(self) -> bool:
