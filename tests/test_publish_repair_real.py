@@ -53,7 +53,8 @@ class Watched:
 
     def settle(self):
         """Wait until every event our own requests (and watches) fire has arrived."""
-        assert wait_for(lambda: self.publisher.awaited_events == 0, timeout=10), \
+        # well within EXPECT_TTL: an expectation never met would still be counted
+        assert wait_for(lambda: self.publisher.awaited_events == 0, timeout=5), \
             self.publisher.awaited_events
 
     def close(self):
@@ -280,3 +281,41 @@ def test_refused_pvaddons_land_once_the_quota_frees(guest_domain_factory):
         assert publisher.next_retry() is None
     finally:
         store.close()
+
+
+def test_a_conflicting_commit_withdraws_its_expected_events(xenstored, guest):
+    """Another writer changes a key the transaction read: commit says EAGAIN and
+    the work is redone (xenstored_transaction.c finalize_transaction).  The
+    failed attempt fired nothing, so its expected events are withdrawn; the
+    other writer's event is a suspect; nothing is left awaited."""
+    watched = Watched(xenstored.spec)
+    try:
+        agent = make_agent(guest)
+        agent.publish(watched.store, watched.publisher)
+        watched.settle()
+        guest.set_addresses("eth0", ["10.0.0.9"])
+        store_read = watched.store.read
+        interfered = []
+
+        def read(path, tx_id=0):
+            value = store_read(path, tx_id)
+            if tx_id and not interfered:
+                interfered.append(path)
+                xenstored.write(f"{HOME}/data/os_name", "someone else")
+            return value
+
+        watched.store.read = read
+        watched.publisher.note_event("data/os_name")  # make the next publish read in its transaction
+        mark = xenstored.mark()
+        agent.publish(watched.store, watched.publisher)
+        watched.store.read = store_read
+        assert interfered and xenstored.count("TRANSACTION_START", since=mark) == 2
+        watched.settle()  # every expectation met or withdrawn
+        assert wait_for(lambda: ("data/os_name", True) in watched.answers)
+        agent.publish(watched.store, watched.publisher, only=())
+        assert xenstored.read(f"{HOME}/data/os_name") != "someone else"
+        assert xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.9"
+        watched.settle()
+        assert not watched.publisher.needs_repair
+    finally:
+        watched.close()
