@@ -274,3 +274,25 @@ def test_a_refused_write_expects_no_event():
     publisher = Publisher(store)
     publisher.publish({"data/os_name": "X", "data/domain": "d"}, MARKERS, QUIET)
     assert publisher.note_event("data/os_name")  # no event was expected for it
+
+
+def test_a_retry_refused_again_rewrites_no_marker():
+    """Markers say "a batch changed": a retry that changed nothing (refused
+    again, e.g. libxl's read-only control/) must not rewrite them, or xapi is
+    nudged every retry for nothing."""
+    store, clock = MemStore(), Clock()
+    store.refuse["control"] = errno.EACCES
+    publisher = Publisher(store, clock=clock)
+    desired = {"control/feature-balloon": "1", "data/os_name": "X"}
+    publisher.publish(desired, MARKERS, QUIET)
+    store.clear_log()
+    clock.now = publisher.next_retry()
+    result = publisher.publish(desired, MARKERS, QUIET)
+    assert result.refused == [("control/feature-balloon", errno.EACCES)]
+    assert store.writes() == ["control/feature-balloon"]
+    # once it lands, the markers follow it
+    del store.refuse["control"]
+    clock.now = publisher.next_retry()
+    store.clear_log()
+    publisher.publish(desired, MARKERS, QUIET)
+    assert store.writes() == ["control/feature-balloon", "data/updated"]

@@ -296,19 +296,17 @@ class Publisher:
             self._note_unreadable(result, back)
             state = dict(current)
             roots, pending = self._plan(current, desired, markers, self.clock())
-            if self._published is None or any(p not in quiet for p in (*pending, *roots)):
-                pending.update(markers)
             for path in roots:
                 if self._attempt(result, sent, path, _REMOVE, partial(tx.rm, path)):
                     result.removed.append(path)
                     for key in [k for k in state if _below(k, path)]:
                         del state[key]
-            for path, value in sorted(pending.items()):
-                if self._attempt(result, sent, path, value, partial(tx.write, path, value)):
-                    result.written.append(path)
-                    state[path] = value
-                else:
-                    state.pop(path, None)
+            self._write(result, sent, tx, state, pending)
+            # the markers close a batch that changed something (not memory alone)
+            if self._published is None or any(
+                    p not in quiet for p in (*result.written, *result.removed)):
+                self._write(result, sent, tx, state,
+                            {p: v for p, v in markers.items() if p not in pending})
             return result, state
 
         if single:
@@ -358,6 +356,15 @@ class Publisher:
                                "xenstored refused the whole batch at commit (%s): a quota is "
                                "reached; publishing key by key", exc)
             return work(Transaction(self.store, 0), [])
+
+    def _write(self, result: PublishResult, sent: List[str], tx: Transaction,
+               state: Dict[str, Optional[str]], values: Mapping[str, str]) -> None:
+        for path, value in sorted(values.items()):
+            if self._attempt(result, sent, path, value, partial(tx.write, path, value)):
+                result.written.append(path)
+                state[path] = value
+            else:
+                state.pop(path, None)
 
     def _attempt(self, result: PublishResult, sent: List[str], path: str, value: Optional[str],
                  request: Callable[[], None]) -> bool:
