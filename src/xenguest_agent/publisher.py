@@ -118,7 +118,10 @@ class Publisher:
     to :meth:`note_event` as it arrives and publish soon whenever it returns
     True (the facts need not be collected again: ``Agent.publish(...,
     only=())``); wake at :meth:`next_retry` and publish, so refused keys are
-    retried; :meth:`invalidate` after a resume, a migration or a reconnect."""
+    retried; :meth:`invalidate` after a resume, a migration or a reconnect.
+    :meth:`note_event`, :meth:`expect_event`, :attr:`needs_repair` and
+    :attr:`awaited_events` may be called from the watch thread; the rest from
+    the one thread that publishes."""
 
     def __init__(self, store: XenStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
