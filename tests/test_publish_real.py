@@ -171,3 +171,21 @@ def test_memory_move_costs_one_request(xenstored, guest):
         assert xenstored.read(f"{HOME}/data/meminfo_free") == "1000000"
     finally:
         store.close()
+
+
+def test_a_vif_id_of_thousands_of_digits_is_refused_alone(xenstored, guest, tmp_path, caplog):
+    """Issue 9 item 8: a VIF id of 4,200 digits (static_vifs here; sysfs can say
+    the same) makes a request over XENSTORE_PAYLOAD_MAX; pyxs raised InvalidPayload
+    and `run` crashed.  Now that key alone is refused and the rest lands."""
+    vif = "7" * 4200  # under the 4,300 digits Python converts; path NUL value > 4096
+    config = tmp_path / "config.yaml"
+    config.write_text(f"network:\n  static_vifs:\n    eth0: {vif}\n")
+    code = cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(guest.root),
+                     "--os", "linux", "--config", str(config)])
+    assert code == 0
+    tree = xenstored.dump(HOME)
+    assert tree["data/os_distro"] == "debian"
+    assert tree["attr/PVAddons/MajorVersion"] == "0"
+    assert not [key for key in tree if key.startswith("attr/vif/")]
+    assert any("refused" in r.getMessage() and f"attr/vif/{vif[:50]}" in r.getMessage()
+               for r in caplog.records)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from xenguest_agent import __version__, schema
 from xenguest_agent.backends.base import Backend
@@ -19,17 +19,26 @@ from xenguest_agent.config import Config, MemoryConfig
 from xenguest_agent.facts import Facts, Memory
 from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
 from xenguest_agent.publisher import Publisher, PublishResult
-from xenguest_agent.xenstore import XenStore
+from xenguest_agent.ratelog import RateLimitedLog
+from xenguest_agent.xenstore import KEY_ERRORS, XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 #: The value of ``data/updated``.  Readers test that the key exists (squeezed)
 #: or react to its being rewritten; the value itself carries no meaning.
 UPDATED_VALUE = "1"
 
 COLLECTORS = ("os", "memory", "interfaces", "capabilities", "names")
+
+#: How long a failing collector's last good value stands in for it, counted from
+#: its last success: three default safety sweeps (config ``interval``).  A
+#: collector still failing after that is broken, not flaky: it then has no
+#: value, so its keys are withdrawn (removed) until it succeeds again, rather
+#: than published as current for ever.
+LAST_GOOD_MAX_AGE = 900.0
 
 
 def memory_due(published: Optional[Memory], since: float, now: float, current: Memory,
@@ -58,11 +67,22 @@ class MacDirectory:
 
 
 def read_mac_directory(store: XenStore) -> MacDirectory:
+    """Read key by key: an entry xenstored refuses (KEY_ERRORS: e.g. EACCES on a
+    VIF the guest may not read) is skipped alone."""
+    def attempt(request: Callable[[str], T], path: str) -> Optional[T]:
+        try:
+            return request(path)
+        except XenStoreError as exc:
+            if isinstance(exc, XenStoreUnavailable) or exc.errno not in KEY_ERRORS:
+                raise
+            log.debug("skipping %s: %s", path, exc)
+            return None
+
     def read(base: str) -> Dict[str, int]:
         found: Dict[str, int] = {}
-        for child in store.ls(base) or ():
-            mac = store.read(f"{base}/{child}/mac")
-            if mac and child.isdigit():
+        for child in attempt(store.ls, base) or ():
+            mac = attempt(store.read, f"{base}/{child}/mac") if child.isdigit() else None
+            if mac:
                 found[mac.strip().lower()] = int(child)
         return found
     return MacDirectory(vifs=read("device/vif"), sriov=read("xenserver/device/net-sriov-vf"))
@@ -77,6 +97,8 @@ class Agent:
         self.clock = clock
         self.tools = schema.tools_version(__version__)
         self._last_good: Dict[str, object] = {}
+        self._good_at: Dict[str, float] = {}
+        self._warn = RateLimitedLog(log, clock=clock)
         self._slots: Dict[str, Slots] = {}
         self._memory_published: Optional[Memory] = None
         self._memory_since = 0.0
@@ -95,12 +117,21 @@ class Agent:
         try:
             value = method()
         except Exception as exc:  # one broken collector never stops the others
-            elapsed = (time.perf_counter() - started) * 1000
-            kept = "keeping the last good value" if name in self._last_good else "no value yet"
-            log.warning("collector %s failed after %.1f ms: %s (%s)", name, elapsed, exc, kept)
-            return self._last_good.get(name)
+            return self._failed(name, exc, (time.perf_counter() - started) * 1000)
         self._last_good[name] = value
+        self._good_at[name] = self.clock()
         return value
+
+    def _failed(self, name: str, exc: Exception, elapsed_ms: float) -> object:
+        """The last good value while it is younger than LAST_GOOD_MAX_AGE, else None."""
+        if name in self._last_good and self.clock() - self._good_at[name] > LAST_GOOD_MAX_AGE:
+            del self._last_good[name]
+            log.warning("collector %s has failed for over %gs: withdrawing its keys until it "
+                        "works again (%s)", name, LAST_GOOD_MAX_AGE, exc)
+        kept = "keeping the last good value" if name in self._last_good else "no value"
+        self._warn.warning(("collector", name, type(exc).__name__),
+                           "collector %s failed after %.1f ms: %s (%s)", name, elapsed_ms, exc, kept)
+        return self._last_good.get(name)
 
     def collect(self, only: Optional[Iterable[str]] = None) -> Facts:
         """Run the collectors (all, or those named in ``only``: the others keep

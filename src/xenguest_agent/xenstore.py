@@ -22,6 +22,15 @@ against the real xenstored, tests/test_xenstore_real.py):
   ``'/'``).  Watches here use a second connection of their own (which works over
   the Linux xenbus device) and deliver every event, unfiltered, to a callback;
   handlers re-read the key, because events may be spurious (docs/misc/xenstore.txt).
+* pyxs raises its own exceptions (``InvalidPayload`` for a payload over the
+  limit, from the ``Packet`` constructor) and Python's ``UnicodeError`` for a
+  non-ASCII path: here every path, value and token is checked before anything
+  is sent (:func:`check_path`, :func:`check_value`), and each refusal is an
+  :class:`XenStoreError` with ``EINVAL`` about that one key, as xenstored would
+  answer.  The rules are xenstored's (xen-project/xen, 4.17):
+  xen/include/public/io/xs_wire.h (``XENSTORE_PAYLOAD_MAX``,
+  ``XENSTORE_ABS_PATH_MAX``, ``XENSTORE_REL_PATH_MAX``) and
+  tools/xenstore/xenstored_core.c (``is_valid_nodename``, ``valid_chars``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -36,13 +46,51 @@ from pyxs._internal import NUL, Op, Packet, next_rq_id
 from pyxs.client import Router
 from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import PyXSError
-from pyxs.helpers import error as pyxs_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 
+#: xs_wire.h: the most a request's payload may hold ("Violating this is very bad").
+XENSTORE_PAYLOAD_MAX = 4096
+#: xs_wire.h: the longest absolute path (a domain's home prefix plus a relative path).
+XENSTORE_ABS_PATH_MAX = 3072
+#: xs_wire.h: the longest path below a domain's home; xenstored_core.c
+#: ``is_valid_nodename`` applies it (its default ``quota_max_path_len``) to what
+#: follows ``/local/domain/<id>/``, and to the whole of any other absolute path.
+XENSTORE_REL_PATH_MAX = 2048
+#: xenstored_core.c ``valid_chars``: the whole alphabet of a node name.
+_NODE_NAME = re.compile(r"[A-Za-z0-9\-/_@]+")
+#: xenstored_core.c ``is_valid_nodename``: ``sscanf(node, "/local/domain/%5u/%n")``.
+_DOMAIN_HOME = re.compile(r"/local/domain/[0-9]{1,5}/")
+#: What the agent writes as a value or token: printable 7-bit ASCII.
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+#: Error names some xenstored sends that are not in xs_wire.h's xsd_errors:
+#: oxenstored (XenServer's) answers a quota with "EQUOTA"
+#: (tools/ocaml/xenstored/process.ml, Quota.Limit_reached).
+_EXTRA_ERRORS = {"EQUOTA": errno.EDQUOT}
+
 EventCallback = Callable[[str, str], None]
+
+
+#: What xenstored refuses about one key, so that the others still go ahead.  From C
+#: xenstored (xen-project/xen 4.17, tools/xenstore/):
+#:
+#: * EACCES: the node's or its parents' permissions (xenstored_core.c ``get_node``,
+#:   ``errno_from_parents``);
+#: * ENOSPC: a quota: nodes per domain (``create_node``), node size
+#:   (``write_node_raw``), nodes per transaction (xenstored_transaction.c
+#:   ``access_node``), and the node quota again at commit (``do_transaction_end``);
+#: * E2BIG: a reply over XENSTORE_PAYLOAD_MAX, e.g. the child list of a node with
+#:   too many children (xenstored_core.c ``send_reply``);
+#: * EINVAL: a path xenstored refuses (``is_valid_nodename``; refused here first);
+#: * EDQUOT: oxenstored's "EQUOTA" (see ``_EXTRA_ERRORS``).
+#:
+#: Not per key, so the request's round fails and is retried whole: EEXIST (only
+#: a duplicate watch, xenstored_watch.c ``do_watch``), ENOMEM (xenstored's own
+#: memory or the domain's memory quota, xenstored_domain.c ``domain_memory_add``:
+#: every request fails alike), EAGAIN, EIO, and a lost connection.
+KEY_ERRORS = frozenset({errno.EACCES, errno.ENOSPC, errno.E2BIG, errno.EINVAL, errno.EDQUOT})
 
 
 class XenStoreError(Exception):
@@ -62,6 +110,60 @@ class XenStoreUnavailable(XenStoreError):
         super().__init__(errno.ENOTCONN, message)
 
 
+def error_from_reply(payload: bytes, path: Optional[str] = None) -> XenStoreError:
+    """An XS_ERROR reply (an errno name, NUL-terminated) as an XenStoreError.
+
+    A name this platform has no errno for becomes EIO, with the name kept in
+    the message (pyxs maps it to errno 0, which nothing can act on)."""
+    name = payload.rstrip(NUL).decode("ascii", "replace")
+    code = _EXTRA_ERRORS.get(name, getattr(errno, name, None) if name.isupper() else None)
+    if not isinstance(code, int) or code <= 0:
+        return XenStoreError(errno.EIO, f"xenstored answered {name!r}", path)
+    return XenStoreError(code, f"{name} ({os.strerror(code)})", path)
+
+
+def _invalid(path: str, why: str) -> XenStoreError:
+    return XenStoreError(errno.EINVAL, f"refused here, not sent: {why}", path)
+
+
+def check_path(path: str, watch: bool = False) -> bytes:
+    """``path`` encoded for the wire, or EINVAL (an XenStoreError) when
+    xenstored would refuse it: its alphabet, no empty component, no trailing
+    ``/``, the path length limits.  ``watch``: special watch names (``@...``)
+    are allowed too."""
+    if not path:
+        return _raise(_invalid(path, "empty path"))
+    if not _NODE_NAME.fullmatch(path):
+        return _raise(_invalid(path, "characters outside xenstored's A-Z a-z 0-9 - / _ @"))
+    special = path.startswith("@")
+    if special and not watch:
+        return _raise(_invalid(path, "a special watch name is not a node"))
+    if "//" in path or (path.endswith("/") and path != "/"):
+        return _raise(_invalid(path, "empty path component or trailing /"))
+    if path.startswith("/"):
+        home = _DOMAIN_HOME.match(path)
+        if len(path) - (home.end() if home else 0) > XENSTORE_REL_PATH_MAX \
+                or len(path) > XENSTORE_ABS_PATH_MAX:
+            return _raise(_invalid(path, "longer than xenstored accepts"))
+    elif not special and len(path) > XENSTORE_REL_PATH_MAX:  # xenstored prefixes the home
+        return _raise(_invalid(path, f"longer than XENSTORE_REL_PATH_MAX ({XENSTORE_REL_PATH_MAX})"))
+    return path.encode("ascii")
+
+
+def check_value(path: str, value: str) -> bytes:
+    """``value`` encoded, or EINVAL unless it is printable ASCII and fits one
+    request's payload together with its path."""
+    if not _PRINTABLE.fullmatch(value):
+        raise _invalid(path, "value is not printable ASCII")
+    if len(path) + 1 + len(value) > XENSTORE_PAYLOAD_MAX:
+        raise _invalid(path, f"path and value exceed XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX})")
+    return value.encode("ascii")
+
+
+def _raise(exc: XenStoreError) -> bytes:
+    raise exc
+
+
 def parse_spec(spec: str) -> Tuple[str, str]:
     """``unix:/run/xenstored/socket`` -> ("unix", path); anything else is a device path."""
     if spec.startswith("unix:"):
@@ -74,7 +176,7 @@ def parse_spec(spec: str) -> Tuple[str, str]:
     return "device", spec
 
 
-class _Router(Router):
+class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
     """pyxs's router, but a broken connection ends the thread with a log line
     (the reason is kept for the error message) instead of a thread traceback."""
 
@@ -95,7 +197,7 @@ class _Sink:
         self.events = self
         self._callback = callback
 
-    def put(self, event) -> None:  # called on the router thread
+    def put(self, event: Tuple[bytes, bytes]) -> None:  # called on the router thread
         path, token = event
         self._callback(path.decode("ascii", "replace"), token.decode("ascii", "replace"))
 
@@ -201,7 +303,12 @@ class XenStore:
         router = router or self._router
         if router is None:
             raise XenStoreUnavailable(f"not connected to XenStore at {self.path}")
-        packet = Packet(op, payload, next_rq_id(), tx_id)
+        if len(payload) > XENSTORE_PAYLOAD_MAX:
+            raise _invalid(path or "", f"request over XENSTORE_PAYLOAD_MAX ({XENSTORE_PAYLOAD_MAX})")
+        try:
+            packet = Packet(op, payload, next_rq_id(), tx_id)
+        except (PyXSError, ValueError) as exc:  # bounded above; kept so nothing of pyxs escapes
+            raise XenStoreError(errno.EINVAL, f"refused by pyxs: {type(exc).__name__}", path) from None
         try:
             rvar = router.send(packet)
         except (PyXSError, OSError) as exc:
@@ -220,22 +327,16 @@ class XenStore:
                 rvar.condition.wait(min(remaining, 0.05))
         reply = rvar.target
         if reply.op == Op.ERROR:
-            exc = pyxs_error(reply.payload.rstrip(NUL))
-            code, message = exc.args[0], reply.payload.rstrip(NUL).decode("ascii", "replace")
-            raise XenStoreError(code, message, path)
+            raise error_from_reply(reply.payload, path)
         if reply.op != op:
             raise XenStoreUnavailable(f"XenStore at {self.path} answered op {reply.op} to op {op}")
-        return reply.payload
-
-    @staticmethod
-    def _encode(path: str) -> bytes:
-        return path.encode("ascii")
+        return bytes(reply.payload)
 
     def _request_node(self, op: int, path: str, tx_id: int) -> Optional[bytes]:
         """A request about one node; None when xenstored says ENOENT (the node is
         not there).  XenStoreUnavailable carries ENOTCONN, so it always propagates."""
         try:
-            return self._request(op, self._encode(path) + NUL, tx_id, path=path)
+            return self._request(op, check_path(path) + NUL, tx_id, path=path)
         except XenStoreError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -248,8 +349,9 @@ class XenStore:
 
     def write(self, path: str, value: str, tx_id: int = 0) -> None:
         """Write ``value`` (may be empty), creating missing parents."""
+        encoded = check_path(path) + NUL + check_value(path, value)
         log.debug("xenstore write%s %s = %r", f" (tx {tx_id})" if tx_id else "", path, value)
-        self._request(Op.WRITE, self._encode(path) + NUL + value.encode("ascii"), tx_id, path=path)
+        self._request(Op.WRITE, encoded, tx_id, path=path)
 
     def rm(self, path: str, tx_id: int = 0) -> None:
         """Remove a node and its children; a node that is already gone is fine."""
@@ -300,13 +402,13 @@ class XenStore:
         current value too (docs/misc/xenstore.txt, WATCH)."""
         if self._callback is None:
             raise RuntimeError("on_event() must be set before watch()")
+        payload = check_path(path, watch=True) + NUL + check_value(path, token) + NUL
         if self._watch_router is None or not self._watch_router.thread.is_alive():
             self._watch_router = self._new_router()
         router = self._watch_router
         if not router.monitors.get(token.encode("ascii")):
             router.subscribe(token.encode("ascii"), _Sink(self._callback))
-        self._request(Op.WATCH, self._encode(path) + NUL + token.encode("ascii") + NUL,
-                      router=router, path=path)
+        self._request(Op.WATCH, payload, router=router, path=path)
 
     @property
     def watching(self) -> bool:

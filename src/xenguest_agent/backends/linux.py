@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 #: (udev: /dev/xen/xenbus); /proc/xen/xenbus is the pre-3.x location.
 DEFAULT_XENSTORE = "/dev/xen/xenbus"
 
-_VIF_NODENAME = re.compile(r"^device/vif/(\d+)$")
+#: Linux registers a front-end only when "<type>/<id>" fits XEN_BUS_ID_SIZE (20
+#: with the NUL; drivers/xen/xenbus/xenbus_probe_frontend.c, frontend_bus_id):
+#: at most 15 ASCII digits for a vif.
+_VIF_NODENAME = re.compile(r"^device/vif/([0-9]{1,15})$")
 
 
 class LinuxError(Exception):
