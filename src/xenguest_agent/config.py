@@ -1,23 +1,31 @@
 """The agent's configuration: one frozen record, read from YAML, then overridden
 by the command line.
 
-Defaults live here, in code.  Unknown keys and wrong types are errors that name
-the file, the line and the key (``config.yaml:7: network.max_addresses: expected
-an integer >= 1, got 'many'``), because a typo silently ignored is a setting an
-administrator believes is in force when it is not.
+Defaults live here, in code.  Unknown keys, wrong types and values out of bounds
+are errors that name the file, the line and the key (``config.yaml:7:
+network.max_addresses: expected an integer from 1 to 256, got 'many'``), because a
+typo silently ignored is a setting an administrator believes is in force when it is
+not.  Hostile input (NaN, tags, deep nesting, a FIFO as the file) ends the same way:
+a ConfigError, never a traceback; the CLI turns it into exit status 78.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:  # PyYAML is imported only when a config file is read (memory: ~3 MiB)
     import yaml
 
 LINUX_CONFIG_PATH = "/etc/xenguest-agent/config.yaml"
 FREEBSD_CONFIG_PATH = "/usr/local/etc/xenguest-agent/config.yaml"
+
+LINUX_HOOKS_DIR = "/etc/xenguest-agent/hooks"
+FREEBSD_HOOKS_DIR = "/usr/local/etc/xenguest-agent/hooks"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONTROL_MODES = ("auto", "agent", "observe")
@@ -72,6 +80,7 @@ class ControlConfig:
     grace: float = 2.0
     pm_freeze_timeout: Optional[int] = 300  # seconds; Linux /sys/power/pm_freeze_timeout
     hook_timeout: float = 30.0
+    hooks_dir: Optional[str] = None  # absolute; None: LINUX_HOOKS_DIR / FREEBSD_HOOKS_DIR
     commands: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # request -> argv, overrides the OS default
 
 
@@ -90,28 +99,59 @@ class Config:
     source: str = "<defaults>"
 
 
+
+# --- bounds -----------------------------------------------------------------------------
+# Each bound keeps a value inside what the daemon can act on; why each one, in docs and here:
+
+MAX_CONFIG_BYTES = 256 * 1024  # the documented example is 2 KiB; a bigger file is a mistake
+MAX_DEPTH = 16        # the deepest valid key is 4 levels (control.commands.<request>.<argv>)
+MAX_PATH = 4096       # PATH_MAX on Linux (linux/limits.h); FreeBSD's is 1024, checked by open(2)
+DAY = 86400.0
+# xenopsd waits domain_shutdown_ack_timeout = 60 s for an acknowledgement of
+# control/shutdown (xen-api ocaml/xenopsd/lib/xenops_server.ml) and then fails the
+# operation; the agent's take-over must acknowledge well before that.
+MAX_GRACE = 50.0
+# VIF ids are the XenStore device numbers under device/vif/.  xapi hands out 0..15
+# (ocaml/xapi/xapi_vm_helpers.ml, allowed_VIF_devices_{HVM,PV}); libxl numbers devices
+# from 0 upwards (libxl__device_nextid).  65535 is far beyond both and keeps every
+# path built from an id short (item 8: thousands of digits made an invalid path).
+MAX_VIF_ID = 65535
+# Interface names: Linux net/core/dev.c dev_valid_name() refuses a name of IFNAMSIZ
+# (16) bytes or more (the terminating NUL must fit), ".", ".." and any '/', ':' or
+# white space; FreeBSD's IFNAMSIZ is 16 too (sys/net/if.h).
+IFNAMSIZ = 16
+MAX_PATTERNS = 64
+MAX_STATIC_VIFS = 64
+MAX_ARGV = 64
+
 # --- validation -------------------------------------------------------------------------
 
 Check = Callable[[Any], Any]
 
 
-def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("expected a number > 0")
-    return float(value)
+def _show(value: Any) -> str:
+    """A short repr for an error message (a value may be megabytes long)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past the str() digit limit, a cycle
+        text = f"<a {type(value).__name__} too large to print>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError("expected a number >= 0")
-    return float(value)
+def _number(low: float, high: float, integer: bool = False) -> Check:
+    """A finite number in [low, high] (NaN compares false with every bound, so it is
+    refused by name first: a NaN interval or timeout never expires)."""
+    kind = "an integer" if integer else "a number"
+    expected = f"expected {kind} from {low:g} to {high:g}"
 
-
-def _count(minimum: int) -> Check:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}")
-        return value
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise ValueError(expected)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{expected} (not NaN or infinity)")
+        if not low <= value <= high:
+            raise ValueError(expected)
+        return value if integer else float(value)
     return check
 
 
@@ -135,27 +175,47 @@ def _optional(check: Check) -> Check:
     return wrapped
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected a non-empty string")
+def _text(value: Any, what: str = "a non-empty string", limit: int = MAX_PATH) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or "\0" in value:
+        raise ValueError(f"expected {what} (at most {limit} characters, no NUL)")
     return value
+
+
+def _string(value: Any) -> str:
+    return _text(value)
+
+
+def _absolute_path(value: Any) -> str:
+    path = _text(value, "an absolute path")
+    if not path.startswith("/"):
+        raise ValueError("expected an absolute path (a relative one depends on the working directory)")
+    return os.path.normpath(path)
 
 
 def _patterns(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of interface name patterns")
+    if (not isinstance(value, list) or len(value) > MAX_PATTERNS
+            or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value)):
+        raise ValueError(f"expected a list of at most {MAX_PATTERNS} interface name patterns")
     return tuple(value)
 
 
+def _interface_name(name: Any) -> bool:
+    return (isinstance(name, str) and 0 < len(name.encode("utf-8", "surrogatepass")) < IFNAMSIZ
+            and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name))
+
+
 def _vif_map(value: Any) -> Tuple[Tuple[str, int], ...]:
-    if not isinstance(value, dict):
-        raise ValueError("expected a mapping of interface name to VIF id")
+    expected = (f"expected interface name (under {IFNAMSIZ} bytes, no '/', ':' or space): "
+                f"VIF id (an integer from 0 to {MAX_VIF_ID})")
+    if not isinstance(value, dict) or len(value) > MAX_STATIC_VIFS:
+        raise ValueError(f"expected a mapping of at most {MAX_STATIC_VIFS} interface names to VIF ids")
     out = []
     for name, vif in value.items():
-        if not isinstance(name, str) or isinstance(vif, bool) or not isinstance(vif, int) or vif < 0:
-            raise ValueError("expected interface name: VIF id (an integer >= 0)")
+        if (not _interface_name(name) or isinstance(vif, bool) or not isinstance(vif, int)
+                or not 0 <= vif <= MAX_VIF_ID):
+            raise ValueError(expected)
         out.append((name, vif))
     return tuple(sorted(out))
 
@@ -166,42 +226,80 @@ def _commands(value: Any) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     out = []
     for request, argv in value.items():
         if request not in ("poweroff", "reboot", "halt"):
-            raise ValueError(f"unknown request {request!r} (poweroff, reboot, halt)")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
-            raise ValueError(f"{request}: expected a non-empty list of arguments (no shell)")
+            raise ValueError(f"unknown request {_show(request)} (poweroff, reboot, halt)")
+        if (not isinstance(argv, list) or not 0 < len(argv) <= MAX_ARGV
+                or not all(isinstance(a, str) and a and len(a) <= MAX_PATH and "\0" not in a
+                           for a in argv)):
+            raise ValueError(f"{request}: expected a non-empty list of arguments (no shell, no NUL)")
+        if not argv[0].startswith("/"):
+            # Run as root: no search of $PATH for the program.
+            raise ValueError(f"{request}: the program must be an absolute path")
         out.append((request, tuple(argv)))
     return tuple(sorted(out))
 
 
 _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
     "memory": (MemoryConfig, {
-        "threshold_kib": _count(0),
-        "threshold_percent": _non_negative_number,
-        "min_interval": _non_negative_number,
-        "max_age": _positive_number,
+        "threshold_kib": _number(0, 1 << 40, integer=True),  # 1 PiB
+        "threshold_percent": _number(0, 100),
+        "min_interval": _number(1, 3600),
+        "max_age": _number(1, DAY),
     }),
     "network": (NetworkConfig, {
         "include": _patterns,
         "exclude": _patterns,
-        "max_addresses": _count(1),
+        # Each address is a key; xenstored's default quota is 1000 entries per domain
+        # (C xenstored quota_nb_entry_per_domain, oxenstored quota-maxentity).
+        "max_addresses": _number(1, 256, integer=True),
         "static_vifs": _vif_map,
     }),
     "features": (FeatureConfig, {"balloon": _boolean, "hotplug": _boolean}),
     "control": (ControlConfig, {
         "mode": _choice(*CONTROL_MODES),
-        "grace": _non_negative_number,
-        "pm_freeze_timeout": _optional(_count(1)),
-        "hook_timeout": _positive_number,
+        "grace": _number(0, MAX_GRACE),
+        # seconds; written as milliseconds to /sys/power/pm_freeze_timeout (unsigned int)
+        "pm_freeze_timeout": _optional(_number(1, 3600, integer=True)),
+        "hook_timeout": _number(1, 3600),
+        "hooks_dir": _optional(_absolute_path),
         "commands": _commands,
     }),
 }
 
 _TOP: Dict[str, Check] = {
     "xenstore": _optional(_string),
-    "interval": _positive_number,
-    "poll_interval": _positive_number,
+    "interval": _number(1, DAY),
+    "poll_interval": _number(1, 3600),
     "log_level": _choice(*LOG_LEVELS),
 }
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int, key: str) -> None:
+        super().__init__(line, key)
+        self.line = line
+        self.key = key
+
+
+def _compose(text: str) -> "Optional[yaml.Node]":
+    """yaml.compose with the nesting bounded: PyYAML's composer recurses once per level,
+    so 5,000 nested brackets end in RecursionError deep inside it."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        keys: Tuple[str, ...] = ()
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if len(self.keys) >= MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _TooDeep(mark.line + 1, ".".join(k for k in self.keys if k))
+            name = index.value if isinstance(index, yaml.ScalarNode) else ""
+            self.keys = (*self.keys, name if isinstance(name, str) else "")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.keys = self.keys[:-1]
+
+    return yaml.compose(text, Loader=Loader)
 
 
 def _line(node: "Optional[yaml.Node]") -> Optional[int]:
@@ -217,20 +315,33 @@ def _mapping(node: "yaml.Node", source: str, key: str) -> "Dict[str, Tuple[yaml.
     items: Dict[str, Tuple[yaml.Node, yaml.Node]] = {}
     for key_node, value_node in node.value:
         name = key_node.value
-        full = f"{key}.{name}" if key else name
         if not isinstance(key_node, yaml.ScalarNode) or not isinstance(name, str):
-            raise ConfigError("keys must be plain names", source, _line(key_node), full)
+            raise ConfigError("keys must be plain names", source, _line(key_node), key or None)
+        full = f"{key}.{name}" if key else name
         if name in items:
             raise ConfigError("duplicate key", source, _line(key_node), full)
         items[name] = (key_node, value_node)
     return items
 
 
-def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[yaml.Node, yaml.Node]]",
-           source: str, prefix: str, also_known: Tuple[str, ...] = ()) -> Any:
+def _construct(node: "yaml.Node", source: str, key: str) -> Any:
+    """The Python value of one node.  Tags the safe loader refuses (``!!python/...``,
+    ``!custom``) or that fail while constructing (``!!float abc``, an int past
+    Python's digit limit) and alias chains deeper than the recursion limit all become
+    a ConfigError naming the key."""
     import yaml
 
-    loader = yaml.SafeLoader("")
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, RecursionError):
+            problem = "nested too deeply (aliases)"
+        raise ConfigError(f"unusable value: {_show(problem)[1:-1]}", source, _line(node), key) from None
+
+
+def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[yaml.Node, yaml.Node]]",
+           source: str, prefix: str, also_known: Tuple[str, ...] = ()) -> Any:
     changes: Dict[str, Any] = {}
     for name, (key_node, value_node) in items.items():
         full = f"{prefix}{name}"
@@ -238,11 +349,11 @@ def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[
         if check is None:
             known = ", ".join(sorted((*checks, *also_known)))
             raise ConfigError(f"unknown key (known: {known})", source, _line(key_node), full)
-        value = loader.construct_object(value_node, deep=True)
+        value = _construct(value_node, source, full)
         try:
             changes[name] = check(value)
         except ValueError as exc:
-            raise ConfigError(f"{exc}, got {value!r}", source, _line(value_node), full) from None
+            raise ConfigError(f"{exc}, got {_show(value)}", source, _line(value_node), full) from None
     return dataclasses.replace(record, **changes)
 
 
@@ -251,7 +362,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     import yaml
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
+    except _TooDeep as exc:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", source, exc.line,
+                          exc.key or None) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1
@@ -262,6 +376,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     items = _mapping(root, source, "")
     top = {k: v for k, v in items.items() if k not in _SECTIONS}
     config = _apply(config, _TOP, top, source, "", also_known=tuple(_SECTIONS))
+    assert isinstance(config, Config)
     for section, (record_type, checks) in _SECTIONS.items():
         if section in items:
             section_items = _mapping(items[section][1], source, section)
@@ -270,15 +385,91 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return dataclasses.replace(config, source=source)
 
 
-def load_config(path: str, required: bool) -> Config:
-    """Read the config file.  A missing file is fine unless the user named it."""
+# --- reading the file --------------------------------------------------------------------
+
+def _read(path: str) -> Tuple[str, os.stat_result]:
+    """The file's text and its fstat.  Opened with O_NONBLOCK so a FIFO cannot block
+    (open(2) on a FIFO for reading otherwise waits for a writer), then refused unless it
+    is a regular file (a device such as /dev/zero never ends), and read bounded."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("not a regular file", path)
+        chunks: List[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes", path)
+    return b"".join(chunks).decode("utf-8"), info
+
+
+def load_config(path: str, required: bool) -> Config:
+    """Read the config file.  A missing file is fine unless the user named it.
+
+    A config that makes root run something (``control.commands``, ``control.hooks_dir``)
+    must be root's alone: see :func:`check_trusted_config`."""
+    try:
+        text, info = _read(path)
     except FileNotFoundError:
         if required:
             raise ConfigError("file not found", path) from None
         return Config()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path) from None
-    return parse_config(text, path)
+    try:
+        config = parse_config(text, path)
+    except RecursionError:  # a last resort: the bounds above should make this unreachable
+        raise ConfigError("nested too deeply", path) from None
+    if config.control.commands or config.control.hooks_dir is not None:
+        key = "control.commands" if config.control.commands else "control.hooks_dir"
+        check_trusted_config(path, info, key)
+    return config
+
+
+def _untrusted(info: os.stat_result) -> Optional[str]:
+    if info.st_uid != 0:
+        return f"owned by uid {info.st_uid}, not root"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def check_trusted_config(path: str, opened: Optional[os.stat_result] = None,
+                         key: str = "control.commands") -> None:
+    """Refuse a config whose content someone other than root could have chosen.
+
+    The file (``opened``: the fstat of the descriptor that was read, so the check is on
+    what was read) must be owned by root and not group/other-writable, and so must every
+    directory from its real location up to ``/``: whoever can write a directory in the
+    chain can replace the file (the hardening issue, item 5; OpenSSH's ``safe_path``
+    applies the same rule to authorized_keys).  A symlink is judged by its target's chain:
+    the content read is the target's.  Raises ConfigError naming the offender."""
+    try:
+        real = os.path.realpath(path)
+        info = os.stat(real)
+        if opened is not None and (info.st_dev, info.st_ino) != (opened.st_dev, opened.st_ino):
+            raise ConfigError("the file was replaced while being read", path, key=key)
+        chain = [(real, info)]
+        directory = os.path.dirname(real)
+        while True:
+            chain.append((directory, os.stat(directory)))
+            if directory == "/":
+                break
+            directory = os.path.dirname(directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot check who may write it: {exc}", path, key=key) from None
+    for where, status in chain:
+        problem = _untrusted(status)
+        if problem is not None:
+            raise ConfigError(
+                f"names what root runs, so it and every directory above it must be root's alone: "
+                f"{where} is {problem}", path, key=key)
