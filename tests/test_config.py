@@ -12,13 +12,13 @@ from xenguest_agent import cli
 from xenguest_agent.config import (
     FREEBSD_HOOKS_DIR,
     LINUX_HOOKS_DIR,
-    MAX_VIF_ID,
     Config,
     ConfigError,
     check_trusted_config,
     load_config,
     parse_config,
 )
+from xenguest_agent.configcheck import MAX_VIF_ID
 
 
 def test_empty_file_means_defaults():

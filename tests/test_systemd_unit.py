@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xenguest_agent.config import MAX_GRACE, ControlConfig
+from xenguest_agent.config import ControlConfig
+from xenguest_agent.configcheck import MAX_GRACE
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "xenguest-agent.service"
 INSTALLED = "/opt/xenguest-agent/bin/xenguest-agent"

@@ -119,8 +119,10 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
     except ValueError as exc:
         sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
         return EX_CONFIG
-    # An absolute, per-OS hook directory: never one derived from --config (item 5).
-    default_hooks = FREEBSD_HOOKS_DIR if backend.name == "freebsd" else LINUX_HOOKS_DIR
+    # An absolute, per-OS hook directory, never one derived from --config (item 5); on a
+    # captured tree, the tree's own (the machine's hooks are not the tree's).
+    default_hooks = Host(args.root).path(FREEBSD_HOOKS_DIR if backend.name == "freebsd"
+                                         else LINUX_HOOKS_DIR)
     hooks = Hooks(config.control.hooks_dir or default_hooks, config.control.hook_timeout)
     # On a captured tree (--root) the OS's own power commands are never used: a
     # test or a demo must not power off the machine it runs on.  Only commands

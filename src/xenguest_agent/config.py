@@ -12,11 +12,19 @@ a ConfigError, never a traceback; the CLI turns it into exit status 78.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+
+from xenguest_agent import configcheck as valid
+from xenguest_agent.configcheck import (
+    DAY,
+    MAX_CONFIG_BYTES,
+    MAX_DEPTH,
+    MAX_GRACE,
+    Check,
+)
 
 if TYPE_CHECKING:  # PyYAML is imported only when a config file is read (memory: ~3 MiB)
     import yaml
@@ -100,176 +108,38 @@ class Config:
 
 
 
-# --- bounds -----------------------------------------------------------------------------
-# Each bound keeps a value inside what the daemon can act on; why each one, in docs and here:
-
-MAX_CONFIG_BYTES = 256 * 1024  # the documented example is 2 KiB; a bigger file is a mistake
-MAX_DEPTH = 16        # the deepest valid key is 4 levels (control.commands.<request>.<argv>)
-MAX_PATH = 4096       # PATH_MAX on Linux (linux/limits.h); FreeBSD's is 1024, checked by open(2)
-DAY = 86400.0
-# xenopsd waits domain_shutdown_ack_timeout = 60 s for an acknowledgement of
-# control/shutdown (xen-api ocaml/xenopsd/lib/xenops_server.ml) and then fails the
-# operation; the agent's take-over must acknowledge well before that.
-MAX_GRACE = 50.0
-# VIF ids are the XenStore device numbers under device/vif/.  xapi hands out 0..15
-# (ocaml/xapi/xapi_vm_helpers.ml, allowed_VIF_devices_{HVM,PV}); libxl numbers devices
-# from 0 upwards (libxl__device_nextid).  65535 is far beyond both and keeps every
-# path built from an id short (item 8: thousands of digits made an invalid path).
-MAX_VIF_ID = 65535
-# Interface names: Linux net/core/dev.c dev_valid_name() refuses a name of IFNAMSIZ
-# (16) bytes or more (the terminating NUL must fit), ".", ".." and any '/', ':' or
-# white space; FreeBSD's IFNAMSIZ is 16 too (sys/net/if.h).
-IFNAMSIZ = 16
-MAX_PATTERNS = 64
-MAX_STATIC_VIFS = 64
-MAX_ARGV = 64
-
-# --- validation -------------------------------------------------------------------------
-
-Check = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    """A short repr for an error message (a value may be megabytes long)."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # an int past the str() digit limit, a cycle
-        text = f"<a {type(value).__name__} too large to print>"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _number(low: float, high: float, integer: bool = False) -> Check:
-    """A finite number in [low, high] (NaN compares false with every bound, so it is
-    refused by name first: a NaN interval or timeout never expires)."""
-    kind = "an integer" if integer else "a number"
-    expected = f"expected {kind} from {low:g} to {high:g}"
-
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise ValueError(expected)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{expected} (not NaN or infinity)")
-        if not low <= value <= high:
-            raise ValueError(expected)
-        return value if integer else float(value)
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _choice(*choices: str) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or value.lower() not in choices:
-            raise ValueError("expected one of " + ", ".join(choices))
-        return value.lower()
-    return check
-
-
-def _optional(check: Check) -> Check:
-    def wrapped(value: Any) -> Any:
-        return None if value is None else check(value)
-    return wrapped
-
-
-def _text(value: Any, what: str = "a non-empty string", limit: int = MAX_PATH) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit or "\0" in value:
-        raise ValueError(f"expected {what} (at most {limit} characters, no NUL)")
-    return value
-
-
-def _string(value: Any) -> str:
-    return _text(value)
-
-
-def _absolute_path(value: Any) -> str:
-    path = _text(value, "an absolute path")
-    if not path.startswith("/"):
-        raise ValueError("expected an absolute path (a relative one depends on the working directory)")
-    return os.path.normpath(path)
-
-
-def _patterns(value: Any) -> Tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if (not isinstance(value, list) or len(value) > MAX_PATTERNS
-            or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value)):
-        raise ValueError(f"expected a list of at most {MAX_PATTERNS} interface name patterns")
-    return tuple(value)
-
-
-def _interface_name(name: Any) -> bool:
-    return (isinstance(name, str) and 0 < len(name.encode("utf-8", "surrogatepass")) < IFNAMSIZ
-            and name not in (".", "..") and not any(c in "/:" or c.isspace() for c in name))
-
-
-def _vif_map(value: Any) -> Tuple[Tuple[str, int], ...]:
-    expected = (f"expected interface name (under {IFNAMSIZ} bytes, no '/', ':' or space): "
-                f"VIF id (an integer from 0 to {MAX_VIF_ID})")
-    if not isinstance(value, dict) or len(value) > MAX_STATIC_VIFS:
-        raise ValueError(f"expected a mapping of at most {MAX_STATIC_VIFS} interface names to VIF ids")
-    out = []
-    for name, vif in value.items():
-        if (not _interface_name(name) or isinstance(vif, bool) or not isinstance(vif, int)
-                or not 0 <= vif <= MAX_VIF_ID):
-            raise ValueError(expected)
-        out.append((name, vif))
-    return tuple(sorted(out))
-
-
-def _commands(value: Any) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
-    if not isinstance(value, dict):
-        raise ValueError("expected a mapping of request (poweroff, reboot, halt) to a command list")
-    out = []
-    for request, argv in value.items():
-        if request not in ("poweroff", "reboot", "halt"):
-            raise ValueError(f"unknown request {_show(request)} (poweroff, reboot, halt)")
-        if (not isinstance(argv, list) or not 0 < len(argv) <= MAX_ARGV
-                or not all(isinstance(a, str) and a and len(a) <= MAX_PATH and "\0" not in a
-                           for a in argv)):
-            raise ValueError(f"{request}: expected a non-empty list of arguments (no shell, no NUL)")
-        if not argv[0].startswith("/"):
-            # Run as root: no search of $PATH for the program.
-            raise ValueError(f"{request}: the program must be an absolute path")
-        out.append((request, tuple(argv)))
-    return tuple(sorted(out))
-
-
 _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
     "memory": (MemoryConfig, {
-        "threshold_kib": _number(0, 1 << 40, integer=True),  # 1 PiB
-        "threshold_percent": _number(0, 100),
-        "min_interval": _number(1, 3600),
-        "max_age": _number(1, DAY),
+        "threshold_kib": valid.number(0, 1 << 40, integer=True),  # 1 PiB
+        "threshold_percent": valid.number(0, 100),
+        "min_interval": valid.number(1, 3600),
+        "max_age": valid.number(1, DAY),
     }),
     "network": (NetworkConfig, {
-        "include": _patterns,
-        "exclude": _patterns,
+        "include": valid.patterns,
+        "exclude": valid.patterns,
         # Each address is a key; xenstored's default quota is 1000 entries per domain
         # (C xenstored quota_nb_entry_per_domain, oxenstored quota-maxentity).
-        "max_addresses": _number(1, 256, integer=True),
-        "static_vifs": _vif_map,
+        "max_addresses": valid.number(1, 256, integer=True),
+        "static_vifs": valid.vif_map,
     }),
-    "features": (FeatureConfig, {"balloon": _boolean, "hotplug": _boolean}),
+    "features": (FeatureConfig, {"balloon": valid.boolean, "hotplug": valid.boolean}),
     "control": (ControlConfig, {
-        "mode": _choice(*CONTROL_MODES),
-        "grace": _number(0, MAX_GRACE),
+        "mode": valid.choice(*CONTROL_MODES),
+        "grace": valid.number(0, MAX_GRACE),
         # seconds; written as milliseconds to /sys/power/pm_freeze_timeout (unsigned int)
-        "pm_freeze_timeout": _optional(_number(1, 3600, integer=True)),
-        "hook_timeout": _number(1, 3600),
-        "hooks_dir": _optional(_absolute_path),
-        "commands": _commands,
+        "pm_freeze_timeout": valid.optional(valid.number(1, 3600, integer=True)),
+        "hook_timeout": valid.number(1, 3600),
+        "hooks_dir": valid.optional(valid.absolute_path),
+        "commands": valid.commands,
     }),
 }
 
 _TOP: Dict[str, Check] = {
-    "xenstore": _optional(_string),
-    "interval": _number(1, DAY),
-    "poll_interval": _number(1, 3600),
-    "log_level": _choice(*LOG_LEVELS),
+    "xenstore": valid.optional(valid.string),
+    "interval": valid.number(1, DAY),
+    "poll_interval": valid.number(1, 3600),
+    "log_level": valid.choice(*LOG_LEVELS),
 }
 
 
@@ -337,7 +207,7 @@ def _construct(node: "yaml.Node", source: str, key: str) -> Any:
         problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
         if isinstance(exc, RecursionError):
             problem = "nested too deeply (aliases)"
-        raise ConfigError(f"unusable value: {_show(problem)[1:-1]}", source, _line(node), key) from None
+        raise ConfigError(f"unusable value: {valid.brief(problem)}", source, _line(node), key) from None
 
 
 def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[yaml.Node, yaml.Node]]",
@@ -352,8 +222,8 @@ def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[
         value = _construct(value_node, source, full)
         try:
             changes[name] = check(value)
-        except ValueError as exc:
-            raise ConfigError(f"{exc}, got {_show(value)}", source, _line(value_node), full) from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{exc}, got {valid.show(value)}", source, _line(value_node), full) from None
     return dataclasses.replace(record, **changes)
 
 
