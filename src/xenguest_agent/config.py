@@ -203,7 +203,8 @@ def _construct(node: "yaml.Node", source: str, key: str) -> Any:
 
     try:
         return yaml.SafeLoader("").construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001  PyYAML's constructors fail in many ways on odd
+        # input (``!!timestamp x`` is an AttributeError inside it): all are the value's fault
         problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
         if isinstance(exc, RecursionError):
             problem = "nested too deeply (aliases)"
