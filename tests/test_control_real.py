@@ -9,6 +9,7 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
+from support.trusted import trusted_directory
 from support.waiting import script, wait_for
 
 from xenguest_agent.xenstore import XenStore
@@ -19,7 +20,13 @@ HOME = "/local/domain/0"
 
 
 @pytest.fixture
-def agent(xenstored, tmp_path):
+def trusted():
+    with trusted_directory() as path:
+        yield path
+
+
+@pytest.fixture
+def agent(xenstored, tmp_path, trusted):
     """The real CLI as a subprocess, with a config whose poweroff/reboot commands
     and hooks only write marker files."""
     guest = GuestRoot(tmp_path / "guest")
@@ -32,8 +39,9 @@ def agent(xenstored, tmp_path):
         script(etc / "hooks" / event / "10-record",
                f"echo \"$1 old=$XENGUEST_OLD_DOMID new=$XENGUEST_NEW_DOMID "
                f"req=$XENGUEST_REQUEST\" >> {marks}/hooks\n")
-    config = etc / "config.yaml"
-    config.write_text(f"poll_interval: 0.2\ncontrol:\n  mode: auto\n  grace: 0.3\n"
+    config = trusted / "config.yaml"  # it names commands run as root: root's alone
+    config.write_text(f"poll_interval: 1\ncontrol:\n  mode: auto\n  grace: 0.3\n"
+                      f"  hooks_dir: {etc / 'hooks'}\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
     xenstored.write(f"{HOME}/domid", "5")
     proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
@@ -89,7 +97,7 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
     systemctl/shutdown would power off the test machine) and is not acknowledged."""
     guest = GuestRoot(tmp_path / "guest")
     config = tmp_path / "config.yaml"
-    config.write_text("poll_interval: 0.2\ncontrol:\n  mode: agent\n")
+    config.write_text("poll_interval: 1\ncontrol:\n  mode: agent\n")
     log = tmp_path / "agent.log"
     proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
                              "--root", str(guest.root), "--os", "linux", "--config", str(config)],

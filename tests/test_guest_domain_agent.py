@@ -13,6 +13,7 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
+from support.trusted import trusted_directory
 from support.waiting import leaves, script, wait_for
 
 from xenguest_agent import cli
@@ -24,7 +25,7 @@ from xenguest_agent import cli
 class Agent:
     """The CLI daemon connected through the guest's ring bridge."""
 
-    def __init__(self, guest, tmp_path, mode="auto", grace=0.3, poll=0.2):
+    def __init__(self, guest, tmp_path, trusted, mode="auto", grace=0.3, poll=1):
         self.guest = guest
         self.root = GuestRoot(tmp_path / "guest")
         self.marks = tmp_path / "marks"
@@ -34,9 +35,9 @@ class Agent:
         for event in ("post-resume", "post-migrate"):
             script(etc / "hooks" / event / "10-record",
                    f"echo \"$1 $XENGUEST_OLD_UNIQUE_DOMAIN_ID $XENGUEST_UNIQUE_DOMAIN_ID\" >> {self.marks}/hooks\n")
-        config = etc / "config.yaml"
+        config = trusted / "config.yaml"  # it names commands run as root: root's alone
         config.write_text(f"poll_interval: {poll}\ncontrol:\n  mode: {mode}\n  grace: {grace}\n"
-                          f"  commands:\n    poweroff: [{poweroff}]\n")
+                          f"  hooks_dir: {etc / 'hooks'}\n  commands:\n    poweroff: [{poweroff}]\n")
         self.log = tmp_path / "agent.log"
         self.argv = [sys.executable, "-m", "xenguest_agent", "run", "--xenstore", guest.spec,
                      "--root", str(self.root.root), "--os", "linux", "--config", str(config),
@@ -71,11 +72,17 @@ class Agent:
 
 
 @pytest.fixture
-def make_agent(tmp_path):
+def trusted():
+    with trusted_directory() as path:
+        yield path
+
+
+@pytest.fixture
+def make_agent(tmp_path, trusted):
     agents = []
 
     def make(guest, **options):
-        agent = Agent(guest, tmp_path, **options)
+        agent = Agent(guest, tmp_path, trusted, **options)
         agents.append(agent)
         return agent.start()
 
@@ -100,9 +107,9 @@ def test_keys_land_in_the_guests_home_exactly(guest_domain, make_agent, capsys):
     assert guest_domain.xenstored.read("/local/domain/0/data/updated") is None
 
 
-def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path):
+def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path, trusted):
     guest = guest_domain_factory(quota_nodes=38)
-    agent = Agent(guest, tmp_path)
+    agent = Agent(guest, tmp_path, trusted)
     agent.proc = subprocess.Popen(agent.argv, stderr=open(agent.log, "a"))
     assert wait_for(lambda: "refused to write" in agent.log.read_text(), timeout=5)
     time.sleep(0.5)
@@ -192,7 +199,7 @@ def test_a_hundred_random_faults_leave_the_agent_running_and_the_tree_complete(
     fresh tree), permission flips (EACCES), conflicting writes by the toolstack
     and quota pressure, while the guest's facts keep changing."""
     guest = guest_domain_factory(kernel="linux", quota_nodes=120)
-    agent = make_agent(guest, poll=0.05)
+    agent = make_agent(guest, poll=1)  # the floor of poll_interval
     rng = random.Random(20261123)
     toolstack, home, xs = guest.toolstack, guest.home, guest.xenstored
     counts = {}

@@ -21,8 +21,8 @@ from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
-from xenguest_agent.config import (FREEBSD_CONFIG_PATH, LINUX_CONFIG_PATH, LOG_LEVELS, Config,
-                                   ConfigError, load_config)
+from xenguest_agent.config import (FREEBSD_CONFIG_PATH, FREEBSD_HOOKS_DIR, LINUX_CONFIG_PATH,
+                                   LINUX_HOOKS_DIR, LOG_LEVELS, Config, ConfigError, load_config)
 from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host, SubprocessRunner
 
@@ -119,7 +119,11 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
     except ValueError as exc:
         sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
         return EX_CONFIG
-    hooks = Hooks(os.path.join(os.path.dirname(config_path), "hooks"), config.control.hook_timeout)
+    # An absolute, per-OS hook directory, never one derived from --config (item 5); on a
+    # captured tree, the tree's own (the machine's hooks are not the tree's).
+    default_hooks = Host(args.root).path(FREEBSD_HOOKS_DIR if backend.name == "freebsd"
+                                         else LINUX_HOOKS_DIR)
+    hooks = Hooks(config.control.hooks_dir or default_hooks, config.control.hook_timeout)
     # On a captured tree (--root) the OS's own power commands are never used: a
     # test or a demo must not power off the machine it runs on.  Only commands
     # named in the configuration run there.
