@@ -126,3 +126,25 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+# --- a directory hooks may run from (hooks.py trusts no world-writable ancestor such as /tmp) ----
+
+@pytest.fixture
+def trusted_tmp() -> Iterator[Path]:
+    """A fresh directory whose every ancestor is owned by root (or us) and not group/other-
+    writable, as hooks.py requires: under /run when root, else under $XDG_RUNTIME_DIR.
+    tmp_path lives under /tmp (mode 1777), where no hook may ever run."""
+    import os
+    import shutil
+    import tempfile
+
+    base = "/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "")
+    if not base:
+        pytest.fail("trusted_tmp needs root (/run) or $XDG_RUNTIME_DIR", pytrace=False)
+    path = Path(tempfile.mkdtemp(prefix="xenguest-agent-test-", dir=base))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

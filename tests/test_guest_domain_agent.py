@@ -24,12 +24,12 @@ from xenguest_agent import cli
 class Agent:
     """The CLI daemon connected through the guest's ring bridge."""
 
-    def __init__(self, guest, tmp_path, mode="auto", grace=0.3, poll=0.2):
+    def __init__(self, guest, tmp_path, mode="auto", grace=0.3, poll=0.2, etc=None):
         self.guest = guest
         self.root = GuestRoot(tmp_path / "guest")
         self.marks = tmp_path / "marks"
         self.marks.mkdir(exist_ok=True)
-        etc = tmp_path / "etc"
+        etc = etc or tmp_path / "etc"  # hooks run only from a trusted directory chain
         poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {self.marks}/actions\n")
         for event in ("post-resume", "post-migrate"):
             script(etc / "hooks" / event / "10-record",
@@ -71,11 +71,11 @@ class Agent:
 
 
 @pytest.fixture
-def make_agent(tmp_path):
+def make_agent(tmp_path, trusted_tmp):
     agents = []
 
     def make(guest, **options):
-        agent = Agent(guest, tmp_path, **options)
+        agent = Agent(guest, tmp_path, etc=trusted_tmp / "etc", **options)
         agents.append(agent)
         return agent.start()
 
