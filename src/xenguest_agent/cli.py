@@ -24,7 +24,7 @@ from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import (FREEBSD_CONFIG_PATH, LINUX_CONFIG_PATH, LOG_LEVELS, Config,
                                    ConfigError, load_config)
 from xenguest_agent.fixture import FixtureRunner
-from xenguest_agent.host import Host, SubprocessRunner
+from xenguest_agent.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,21 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
     except ValueError as exc:
         sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
         return EX_CONFIG
-    hooks = Hooks(os.path.join(os.path.dirname(config_path), "hooks"), config.control.hook_timeout)
+    # absolute: hooks run with cwd=/ and the whole chain from / is checked
+    hooks = Hooks(os.path.abspath(os.path.join(os.path.dirname(config_path), "hooks")),
+                  config.control.hook_timeout)
     # On a captured tree (--root) the OS's own power commands are never used: a
     # test or a demo must not power off the machine it runs on.  Only commands
     # named in the configuration run there.
     defaults = backend.power_commands() if args.root == "/" else {}
     commands = {**defaults, **dict(config.control.commands)}
-    control = Control(config.control, commands, SubprocessRunner(), hooks,
-                      backend.kernel_features, backend.unadvertised_features, time.monotonic)
+    # the kernel's flags survive a restart of the agent in /run (not on a captured tree)
+    state = None
+    if args.root == "/":
+        state = ("/var/run" if backend.name == "freebsd" else "/run") + \
+            "/xenguest-agent/kernel-features"
+    control = Control(config.control, commands, hooks, backend.kernel_features,
+                      backend.unadvertised_features, time.monotonic, state_path=state)
     if args.root == "/" and config.control.pm_freeze_timeout and not args.once:
         backend.tune_suspend(config.control.pm_freeze_timeout)
     net_events = None

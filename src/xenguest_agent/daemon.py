@@ -96,6 +96,8 @@ class Daemon:
         self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
+        if hooks is not None:  # a finished hook or command wakes the loop
+            hooks.notify = lambda: self.events.put(("jobs",))
 
     # --- producers -----------------------------------------------------------------------
 
@@ -210,9 +212,9 @@ class Daemon:
         if self.hooks is not None:
             details = {"old_domid": old_domid or "", "new_domid": domid or "",
                        "unique_domain_id": uuid or "", "old_unique_domain_id": old_uuid or ""}
-            self.hooks.run("post-resume", details)
+            self.hooks.start("post-resume", details)
             if migrated:
-                self.hooks.run("post-migrate", details)
+                self.hooks.start("post-migrate", details)
 
     def _check_clock(self) -> None:
         now = self.suspended()
@@ -245,6 +247,9 @@ class Daemon:
                 self._stopping = True
         elif kind == "watch":
             self._guarded(lambda: self._on_watch_event(event[2]))
+        elif kind == "jobs":
+            if self.control is not None:
+                self.control.poll()
         elif kind == "net":
             only = None if event[1] == RESYNC else ("interfaces",)
             self._guarded(lambda: self._publish(only))
@@ -279,6 +284,10 @@ class Daemon:
         finally:
             if self.net_events is not None:
                 self.net_events.stop()
+            if self.control is not None:
+                self.control.cancel()
+            if self.hooks is not None:
+                self.hooks.cancel_all()
 
     def _loop(self, tick: float, tick_only: Optional[Tuple[str, ...]], sweep: Optional[float]) -> int:
         next_round = self.clock() + tick
