@@ -247,8 +247,9 @@ class Control:
             self._handled = None
             self._refuse(value)
             return
-        if value == self._handled:
-            return  # the request being handled: a spurious event, or our ack was refused
+        if value == self._handled:  # a spurious event, or our ack was refused
+            log.debug("control/shutdown still holds %s: handled once already", value)
+            return
         self._handled = value
         now = self.clock()
         mode = self.config.mode
