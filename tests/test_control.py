@@ -11,6 +11,7 @@ from support.memstore import MemStore
 from xenguest_agent.config import ControlConfig
 from xenguest_agent.control import Control, describe
 from xenguest_agent.hooks import Hooks
+from xenguest_agent.xenstore import XenStoreUnavailable
 
 
 class FakeJob:
@@ -107,7 +108,7 @@ def test_nobody_acknowledges_agent_takes_over_after_grace_whatever_the_hooks_do(
 
 def test_ack_is_read_compared_and_written_in_one_transaction():
     """Linux drivers/xen/manage.c shutdown_handler: transaction start, read, write "", end."""
-    store, (control, hooks, clock) = MemStore(), make()
+    store, (control, _, clock) = MemStore(), make()
     store.write("control/shutdown", "poweroff")
     control.on_event(store)
     store.requests.clear()
@@ -198,6 +199,35 @@ def test_cancel_kills_the_requests_jobs():
     control.on_deadline(store)
     control.cancel()
     assert [job.cancelled for job in hooks.jobs] == [True, True] and control.pending is None
+
+
+class LostStore(MemStore):
+    """The connection breaks at the acknowledgement's transaction."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = True
+
+    def transact(self, work, attempts=8):
+        if self.lost:
+            raise XenStoreUnavailable("the connection broke")
+        return super().transact(work, attempts)
+
+
+@pytest.mark.parametrize("mode", ["agent", "auto"])
+def test_a_lost_connection_at_the_ack_leaves_the_request_to_handle_after_reconnecting(mode):
+    store, (control, hooks, clock) = LostStore(), make(mode=mode)
+    store.write("control/shutdown", "poweroff")
+    with pytest.raises(XenStoreUnavailable):
+        control.on_event(store)
+        clock.now = 102.0
+        control.on_deadline(store)
+    assert commands(hooks) == []
+    store.lost = False  # reconnected: the watch fires again, the loop checks the deadline
+    control.on_event(store)
+    control.on_deadline(store)
+    assert commands(hooks) == [("systemctl", "poweroff")]
+    assert store.nodes["control/shutdown"] == ""
 
 
 @pytest.mark.parametrize("value", [

@@ -256,7 +256,11 @@ class Control:
         log.info("toolstack requests %s (mode %s)", value, mode)
         if mode == "agent":
             self.pending = Pending(value, now, None)
-            self._take_over(store, reason="mode agent", hooks_started=False)
+            try:
+                self._take_over(store, reason="mode agent", hooks_started=False)
+            except XenStoreUnavailable:
+                self._handled = self.pending = None  # not handled: seen again after reconnecting
+                raise
             return
         deadline = now + self.config.grace if mode == "auto" and value in ACTIONS else None
         self.pending = Pending(value, now, deadline)
@@ -267,9 +271,13 @@ class Control:
         pending = self.pending
         if pending is None or pending.deadline is None or self.clock() < pending.deadline:
             return  # nothing waiting, observe mode, or not yet
-        pending.deadline = None
-        self._take_over(store, reason=f"no acknowledgement within {self.config.grace:g}s",
-                        hooks_started=True)
+        deadline, pending.deadline = pending.deadline, None
+        try:
+            self._take_over(store, reason=f"no acknowledgement within {self.config.grace:g}s",
+                            hooks_started=True)
+        except XenStoreUnavailable:
+            pending.deadline = deadline  # due again once the daemon has reconnected
+            raise
 
     def poll(self) -> None:
         """A job finished (the hooks log their own results): forget a request

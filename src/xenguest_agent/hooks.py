@@ -198,6 +198,7 @@ class HookJob:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._wake: Optional[Tuple[int, int]] = None  # a pipe cancel() writes to
+        self._group: Optional[int] = None  # the running process's group, until it is reaped
 
     @property
     def done(self) -> bool:
@@ -216,6 +217,10 @@ class HookJob:
         """Kill the running hook's process group and run nothing more (returns at once)."""
         self._cancelled.set()
         with self._lock:
+            # killed here, not left to the worker: the daemon may exit right after this,
+            # and its worker threads with it
+            if self._group is not None:
+                _kill_group(self._group)
             if self._wake is not None:
                 os.write(self._wake[1], b"x")
 
@@ -285,6 +290,7 @@ class HookJob:
         pidfd = _pidfd(proc.pid)
         with self._lock:
             self._wake = wake
+            self._group = proc.pid  # start_new_session: the group id is the pid
         try:
             with selectors.DefaultSelector() as sel:
                 sel.register(out, selectors.EVENT_READ)
@@ -297,7 +303,10 @@ class HookJob:
                         proc.wait()
                         _drain(out, output)
                         return "cancelled" if self._cancelled.is_set() else "timeout"
-                    if proc.poll() is not None:  # finished at its exit, not at pipe EOF
+                    with self._lock:  # reaped and forgotten at once: cancel() never kills a
+                        if proc.poll() is not None:  # reused pid
+                            self._group = None
+                    if self._group is None:  # finished at its exit, not at pipe EOF
                         _drain(out, output)
                         return "exited"
                     remaining = deadline - time.monotonic()
@@ -310,7 +319,7 @@ class HookJob:
                             os.read(wake[0], 64)
         finally:
             with self._lock:
-                self._wake = None
+                self._wake = self._group = None
                 for fd in wake:
                     os.close(fd)
             if pidfd is not None:
