@@ -245,3 +245,26 @@ def test_a_hook_that_cannot_be_executed_is_a_result_not_an_exception(trusted_tmp
     started = time.monotonic()
     (result,) = run(Hooks(str(trusted_tmp / "hooks"), 30.0), "post-resume")
     assert result.status == "failed" and result.seconds <= time.monotonic() - started
+
+
+def test_without_a_way_to_name_the_descriptor_the_hook_is_not_run_by_path(trusted_tmp, tmp_path,
+                                                                        monkeypatch):
+    """FreeBSD without fdescfs has no /dev/fd/N for N > 2 (and no /proc): running the path
+    instead would reopen the name after the check, so the hook is refused, saying why."""
+    write_hook(trusted_tmp / "hooks" / "post-resume", "10-note", f"#!/bin/sh\ntouch {tmp_path}/ran\n")
+    monkeypatch.setattr(hooks_module, "FD_DIRS", ("/nonexistent/fd",))
+    (result,) = run(Hooks(str(trusted_tmp / "hooks"), 30.0), "post-resume")
+    assert result.status == "failed" and "fdescfs" in result.output
+    assert not (tmp_path / "ran").exists()
+
+
+def test_descriptor_path_names_the_descriptor_itself(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        named = hooks_module.fd_executable(fd)
+        assert named == f"/proc/self/fd/{fd}"  # Linux procfs (proc(5): /proc/[pid]/fd/)
+        assert os.stat(named).st_ino == os.fstat(fd).st_ino
+    finally:
+        os.close(fd)

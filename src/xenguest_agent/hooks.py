@@ -16,7 +16,8 @@ A hook runs as root, so only what root put there may run:
   descriptor, checked with ``fstat`` on that descriptor (regular, executable,
   owned by root, not group/other-writable) and executed through that same
   descriptor (``/proc/self/fd/N`` on Linux, ``/dev/fd/N`` on FreeBSD with
-  fdescfs), so what runs is what was checked, whatever happens to the name.
+  fdescfs mounted ``nodup``; see :data:`FD_DIRS`), so what runs is what was
+  checked, whatever happens to the name.
 
 "Owned by root" means uid 0 or the agent's own effective uid: a file owned by
 the user the agent runs as grants that user nothing it does not already have
@@ -58,9 +59,13 @@ OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log: half head, hal
 _CHUNK = 65536
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: Where a process can name one of its own descriptors as a path (the child
-#: inherits the descriptor under the same number).  Linux: procfs; FreeBSD:
-#: fdescfs mounted on /dev/fd (without it /dev/fd holds only 0, 1 and 2).
+#: Where a process can name one of its own descriptors as a path that execve(2)
+#: accepts (the child inherits the descriptor under the same number).  Linux:
+#: procfs.  FreeBSD: fdescfs mounted on /dev/fd with ``nodup``; only then does a
+#: lookup of /dev/fd/N give the file's own vnode (sys/fs/fdescfs/fdesc_vnops.c,
+#: fdesc_get_ino_alloc with FMNT_NODUP); otherwise it is a synthetic character
+#: device (fdesc_getattr) that stat(2) cannot match and execve(2) refuses, and
+#: without fdescfs /dev/fd holds only 0, 1 and 2.
 FD_DIRS = ("/proc/self/fd", "/dev/fd")
 
 
@@ -461,7 +466,8 @@ class Hooks:
                 env: Mapping[str, str]) -> HookResult:
         executable = fd_executable(fd)
         if executable is None:
-            return HookResult(shown, None, "no /proc/self/fd or /dev/fd (FreeBSD: mount "
-                              "fdescfs on /dev/fd) to run the checked descriptor", 0.0, "failed")
+            return HookResult(shown, None, "no /proc/self/fd or /dev/fd to run the checked "
+                              "descriptor (FreeBSD: mount -t fdescfs -o nodup fdesc /dev/fd)",
+                              0.0, "failed")
         return job.execute(shown, [shown, event], {**env, "XENGUEST_HOOK": shown},
                            executable=executable, pass_fds=(fd,))
