@@ -282,7 +282,8 @@ def test_flags_learned_at_boot_survive_a_restart_after_a_migration(trusted_tmp):
     control, _, _ = make(state_path=state)
     control.learn(booted_tree())
     assert control.advertised() == EXPECTED
-    assert open(state).read() == "poweroff\nreboot\nsuspend\nvcpu-hotplug\n"
+    with open(state) as kept:
+        assert kept.read() == "poweroff\nreboot\nsuspend\nvcpu-hotplug\n"
     restarted, _, _ = make(state_path=state)
     restarted.learn(MemStore())  # the destination's tree: nothing of the kernel's
     assert restarted.advertised() == EXPECTED

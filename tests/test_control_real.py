@@ -36,9 +36,10 @@ def start_agent(spec, tmp_path, etc, mode="auto", hook_body=None):
     config = etc / "config.yaml"
     config.write_text(f"poll_interval: 0.2\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config),
-                             "--log-level", "debug"], stderr=open(tmp_path / "agent.log", "w"))
+    with open(tmp_path / "agent.log", "w") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
+                                 "--root", str(guest.root), "--os", "linux", "--config", str(config),
+                                 "--log-level", "debug"], stderr=log)
     proc.marks = marks
     proc.log = tmp_path / "agent.log"
     return proc
@@ -97,9 +98,10 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
     config = tmp_path / "config.yaml"
     config.write_text("poll_interval: 0.2\ncontrol:\n  mode: agent\n")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config)],
-                            stderr=open(log, "w"))
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
+                                 "--root", str(guest.root), "--os", "linux", "--config", str(config)],
+                                stderr=stderr)
     try:
         assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
         request(xenstored, "poweroff")
