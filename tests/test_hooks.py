@@ -13,6 +13,7 @@ import pytest
 from support.waiting import wait_for
 
 from xenguest_agent import hooks as hooks_module
+from xenguest_agent import trust
 from xenguest_agent.hooks import OUTPUT_LIMIT, Hooks
 
 GUARD = 30  # seconds: a failure guard on a loaded machine, never a speed claim
@@ -252,7 +253,7 @@ def test_without_a_way_to_name_the_descriptor_the_hook_is_not_run_by_path(truste
     """FreeBSD without fdescfs has no /dev/fd/N for N > 2 (and no /proc): running the path
     instead would reopen the name after the check, so the hook is refused, saying why."""
     write_hook(trusted_tmp / "hooks" / "post-resume", "10-note", f"#!/bin/sh\ntouch {tmp_path}/ran\n")
-    monkeypatch.setattr(hooks_module, "FD_DIRS", ("/nonexistent/fd",))
+    monkeypatch.setattr(trust, "FD_DIRS", ("/nonexistent/fd",))
     (result,) = run(Hooks(str(trusted_tmp / "hooks"), 30.0), "post-resume")
     assert result.status == "failed" and "fdescfs" in result.output
     assert not (tmp_path / "ran").exists()
@@ -263,7 +264,7 @@ def test_descriptor_path_names_the_descriptor_itself(tmp_path):
     path.write_text("x")
     fd = os.open(path, os.O_RDONLY)
     try:
-        named = hooks_module.fd_executable(fd)
+        named = trust.fd_executable(fd)
         assert named == f"/proc/self/fd/{fd}"  # Linux procfs (proc(5): /proc/[pid]/fd/)
         assert os.stat(named).st_ino == os.fstat(fd).st_ino
     finally:

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from xenguest_agent.config import ControlConfig
-from xenguest_agent.hooks import HookJob, Hooks, UntrustedError, require_trusted
+from xenguest_agent.hooks import HookJob, Hooks
+from xenguest_agent.trust import UntrustedError, open_trusted_directory, require_trusted
 from xenguest_agent.xenstore import Transaction, XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -148,13 +149,8 @@ class Control:
         folder, name = os.path.split(self.state_path)
         if create:
             os.makedirs(folder, mode=0o755, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            require_trusted(os.fstat(fd), folder)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, name
+        # the whole chain from /, as for hooks: nobody but root can swap the file under us
+        return open_trusted_directory(folder), name
 
     def _load_state(self) -> Set[str]:
         if self.state_path is None:
