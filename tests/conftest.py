@@ -126,3 +126,16 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+# --- a directory hooks may run from (hooks.py trusts no world-writable ancestor such as /tmp) ----
+
+@pytest.fixture
+def trusted_tmp() -> Iterator[Path]:
+    """A fresh directory whose every ancestor is root's and not group/other-writable, as the
+    hook and config trust checks require (support/trusted.py); tmp_path lives under /tmp
+    (mode 1777), where no hook may ever run."""
+    from support.trusted import trusted_directory
+
+    with trusted_directory() as path:
+        yield path

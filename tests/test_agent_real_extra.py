@@ -46,10 +46,10 @@ def test_vif_and_sriov_found_by_mac_in_the_toolstacks_keys(xenstored, tmp_path):
     assert xenstored.read(f"{HOME}/xenserver/attr/net-sriov-vf/1/ipv6/0") == "2001:db8::9"
 
 
-def test_clock_jump_means_resume_republish_and_hooks(xenstored, tmp_path):
+def test_clock_jump_means_resume_republish_and_hooks(xenstored, tmp_path, trusted_tmp):
     guest = GuestRoot(tmp_path / "guest")
     out = tmp_path / "resumed"
-    hook = tmp_path / "hooks" / "post-resume" / "10-note"
+    hook = trusted_tmp / "hooks" / "post-resume" / "10-note"
     hook.parent.mkdir(parents=True)
     hook.write_text(f"#!/bin/sh\necho \"$XENGUEST_EVENT $XENGUEST_NEW_DOMID\" > {out}\n")
     hook.chmod(0o755)
@@ -61,7 +61,7 @@ def test_clock_jump_means_resume_republish_and_hooks(xenstored, tmp_path):
     store.connect()
     xenstored.write(f"{HOME}/domid", "4")
     daemon = Daemon(make_agent(guest, config), store, Publisher(store), config,
-                    hooks=Hooks(str(tmp_path / "hooks")), suspended=lambda: suspended[0])
+                    hooks=Hooks(str(trusted_tmp / "hooks"), 30.0), suspended=lambda: suspended[0])
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:

@@ -9,7 +9,6 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
-from support.trusted import trusted_directory
 from support.waiting import script, wait_for
 
 from xenguest_agent.xenstore import XenStore
@@ -19,38 +18,39 @@ HOME = "/local/domain/0"
 
 
 
-@pytest.fixture
-def trusted():
-    with trusted_directory() as path:
-        yield path
-
-
-@pytest.fixture
-def agent(xenstored, tmp_path, trusted):
+def start_agent(spec, tmp_path, etc, mode="auto", hook_body=None):
     """The real CLI as a subprocess, with a config whose poweroff/reboot commands
-    and hooks only write marker files."""
+    and hooks only write marker files.  ``etc`` must be a trusted directory (hooks
+    run only from a chain that only root can change: not under /tmp)."""
     guest = GuestRoot(tmp_path / "guest")
     marks = tmp_path / "marks"
     marks.mkdir()
-    etc = tmp_path / "etc"
     poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {marks}/actions\n")
     reboot = script(etc / "fake-reboot", f"echo reboot >> {marks}/actions\n")
     for event in ("pre-shutdown", "pre-reboot", "post-resume", "post-migrate"):
         script(etc / "hooks" / event / "10-record",
                f"echo \"$1 old=$XENGUEST_OLD_DOMID new=$XENGUEST_NEW_DOMID "
                f"req=$XENGUEST_REQUEST\" >> {marks}/hooks\n")
-    config = trusted / "config.yaml"  # it names commands run as root: root's alone
-    config.write_text(f"poll_interval: 1\ncontrol:\n  mode: auto\n  grace: 0.3\n"
+    for name, body in (hook_body or {}).items():
+        script(etc / "hooks" / "pre-shutdown" / name, body)
+    config = etc / "config.yaml"
+    config.write_text(f"poll_interval: 1\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
                       f"  hooks_dir: {etc / 'hooks'}\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
-    xenstored.write(f"{HOME}/domid", "5")
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config),
-                             "--log-level", "debug"], stderr=open(tmp_path / "agent.log", "w"))
-    assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), \
-        (tmp_path / "agent.log").read_text()
+    with open(tmp_path / "agent.log", "w") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
+                                 "--root", str(guest.root), "--os", "linux", "--config", str(config),
+                                 "--log-level", "debug"], stderr=log)
     proc.marks = marks
     proc.log = tmp_path / "agent.log"
+    return proc
+
+
+@pytest.fixture
+def agent(xenstored, tmp_path, trusted_tmp):
+    xenstored.write(f"{HOME}/domid", "5")
+    proc = start_agent(xenstored.spec, tmp_path, trusted_tmp / "etc")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), proc.log.read_text()
     yield proc
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0, proc.log.read_text()
@@ -99,9 +99,10 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
     config = tmp_path / "config.yaml"
     config.write_text("poll_interval: 1\ncontrol:\n  mode: agent\n")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config)],
-                            stderr=open(log, "w"))
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
+                                 "--root", str(guest.root), "--os", "linux", "--config", str(config)],
+                                stderr=stderr)
     try:
         assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
         request(xenstored, "poweroff")
@@ -131,3 +132,108 @@ def test_migration_republishes_everything_and_runs_hooks(agent, xenstored):
     assert xenstored.read(f"{HOME}/data/os_distro") == "debian"
     assert wait_for(lambda: read_lines(agent.marks / "hooks") ==
                     ["post-resume old=5 new=7 req=", "post-migrate old=5 new=7 req="])
+
+
+def alive(pid):
+    """True while ``pid`` exists and is not a zombie (/proc/<pid>/stat, field 3)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_slow_pre_shutdown_hooks_do_not_hold_back_the_acknowledgement(xenstored, tmp_path, trusted_tmp):
+    """Issue 9 item 2: three slow pre-shutdown hooks delayed the fallback acknowledgement to 75 s
+    (xenopsd gives up at 60 s).  Here they wait for a gate the test opens only once it saw the
+    acknowledgement, so it can only come while they run; the command runs after them.  Then a
+    SIGTERM while a hook runs stops the agent and kills the hook's process group."""
+    gate, pids = tmp_path / "gate", tmp_path / "pids"
+    slow = (f"echo $$ >> {pids}\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n"
+            f"echo \"$0 done\" >> {tmp_path}/marks/slow\n")
+    xenstored.write(f"{HOME}/domid", "5")
+    proc = start_agent(xenstored.spec, tmp_path, trusted_tmp / "etc",
+                       hook_body={"20-slow": slow, "21-slow": slow, "22-slow": slow})
+    try:
+        assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), proc.log.read_text()
+        request(xenstored, "poweroff")
+        # the hook timeout is 30 s each: the old agent acknowledged after 90 s
+        assert wait_for(lambda: xenstored.read(f"{HOME}/control/shutdown") == "", timeout=20), \
+            proc.log.read_text()[-3000:]
+        assert read_lines(proc.marks / "slow") == [] and read_lines(proc.marks / "actions") == []
+        assert read_lines(proc.marks / "hooks") == ["pre-shutdown old= new= req=poweroff"]
+        gate.touch()
+        assert wait_for(lambda: read_lines(proc.marks / "actions") == ["poweroff"], timeout=20)
+        assert len(read_lines(proc.marks / "slow")) == 3  # every hook finished before the command
+        # a new request whose hook blocks, then SIGTERM: the loop is free, the hook group dies
+        gate.unlink()
+        pids.unlink()
+        xenstored.write(f"{HOME}/control/shutdown", "")
+        request(xenstored, "halt")  # no command for halt: the hooks alone
+        assert wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=20)
+        hook_pid = int(pids.read_text().split()[0])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.log.read_text()[-3000:]
+    assert wait_for(lambda: not alive(hook_pid), timeout=20), "the hook outlived the agent"
+
+
+def test_read_only_control_shutdown_is_acted_on_once(guest_domain_factory, tmp_path, trusted_tmp):
+    """Issue 9 item 11: with control/shutdown read-only to the guest, the agent's acknowledgement
+    is refused (EACCES); the command and the hooks ran again at every event (6 times).  The
+    request is written read-only to the guest (xenopsd's roperm_for_guest, ``n0 r<domid>``) in
+    one transaction, then rewritten five times (a watch event each, the value unchanged)."""
+    from support.toolstack import xenopsd_perms
+
+    guest = guest_domain_factory()
+    proc = start_agent(guest.spec, tmp_path, trusted_tmp / "etc", mode="agent")
+    home, toolstack = guest.home, guest.toolstack
+    path = f"{home}/control/shutdown"
+
+    def ask_read_only(tx):
+        toolstack.client.write(path, "poweroff", tx)
+        toolstack.client.set_perms(path, xenopsd_perms(guest.domid, writable=False), tx)
+
+    try:
+        assert wait_for(lambda: guest.xenstored.read(f"{home}/data/updated") == "1"), \
+            proc.log.read_text()[-3000:]
+        toolstack._transaction(ask_read_only)
+        assert wait_for(lambda: read_lines(proc.marks / "actions") == ["poweroff"], timeout=20)
+        for _ in range(5):
+            toolstack.client.write(path, "poweroff")
+        assert wait_for(lambda: proc.log.read_text().count("handled once already") >= 5
+                        or len(read_lines(proc.marks / "actions")) > 1, timeout=20), \
+            proc.log.read_text()[-3000:]
+        assert read_lines(proc.marks / "actions") == ["poweroff"]
+        assert read_lines(proc.marks / "hooks") == ["pre-shutdown old= new= req=poweroff"]
+        assert guest.xenstored.read(f"{home}/control/shutdown") == "poweroff"  # not acknowledged
+        assert "could not acknowledge poweroff" in proc.log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.log.read_text()[-3000:]
+
+
+def test_kernel_flags_survive_a_restart_on_a_fresh_tree(xenstored, trusted_tmp):
+    """Issue 9 item 12 on the real xenstored: flags learned at boot, then a restart of the
+    agent on the destination's fresh tree, which has none of them."""
+    from xenguest_agent.config import ControlConfig
+    from xenguest_agent.control import Control
+    from xenguest_agent.hooks import Hooks
+
+    state = str(trusted_tmp / "run" / "kernel-features")
+    for name in ("poweroff", "reboot", "suspend", "vcpu-hotplug"):
+        xenstored.write(f"{HOME}/control/feature-{name}", "1")
+    store = XenStore(xenstored.spec)
+    store.connect()
+    try:
+        def control():
+            return Control(ControlConfig(), {}, Hooks("/nonexistent", 30.0),
+                           ("poweroff", "reboot", "suspend"), (), time.monotonic, state_path=state)
+        control().learn(store)
+        xenstored.rm(f"{HOME}/control")  # the migration's fresh tree
+        restarted = control()
+        restarted.learn(store)
+    finally:
+        store.close()
+    assert restarted.advertised() == {f"control/feature-{n}": "1"
+                                      for n in ("poweroff", "reboot", "suspend", "vcpu-hotplug")}

@@ -13,7 +13,6 @@ import time
 
 import pytest
 from support.guestroot import GuestRoot
-from support.trusted import trusted_directory
 from support.waiting import leaves, script, wait_for
 
 from xenguest_agent import cli
@@ -25,17 +24,17 @@ from xenguest_agent import cli
 class Agent:
     """The CLI daemon connected through the guest's ring bridge."""
 
-    def __init__(self, guest, tmp_path, trusted, mode="auto", grace=0.3, poll=1):
+    def __init__(self, guest, tmp_path, mode="auto", grace=0.3, poll=1, etc=None):
         self.guest = guest
         self.root = GuestRoot(tmp_path / "guest")
         self.marks = tmp_path / "marks"
         self.marks.mkdir(exist_ok=True)
-        etc = tmp_path / "etc"
+        etc = etc or tmp_path / "etc"  # hooks run only from a trusted directory chain
         poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {self.marks}/actions\n")
         for event in ("post-resume", "post-migrate"):
             script(etc / "hooks" / event / "10-record",
                    f"echo \"$1 $XENGUEST_OLD_UNIQUE_DOMAIN_ID $XENGUEST_UNIQUE_DOMAIN_ID\" >> {self.marks}/hooks\n")
-        config = trusted / "config.yaml"  # it names commands run as root: root's alone
+        config = etc / "config.yaml"  # it names commands run as root: a trusted chain
         config.write_text(f"poll_interval: {poll}\ncontrol:\n  mode: {mode}\n  grace: {grace}\n"
                           f"  hooks_dir: {etc / 'hooks'}\n  commands:\n    poweroff: [{poweroff}]\n")
         self.log = tmp_path / "agent.log"
@@ -72,17 +71,11 @@ class Agent:
 
 
 @pytest.fixture
-def trusted():
-    with trusted_directory() as path:
-        yield path
-
-
-@pytest.fixture
-def make_agent(tmp_path, trusted):
+def make_agent(tmp_path, trusted_tmp):
     agents = []
 
     def make(guest, **options):
-        agent = Agent(guest, tmp_path, trusted, **options)
+        agent = Agent(guest, tmp_path, etc=trusted_tmp / "etc", **options)
         agents.append(agent)
         return agent.start()
 
@@ -107,9 +100,9 @@ def test_keys_land_in_the_guests_home_exactly(guest_domain, make_agent, capsys):
     assert guest_domain.xenstored.read("/local/domain/0/data/updated") is None
 
 
-def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path, trusted):
+def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path, trusted_tmp):
     guest = guest_domain_factory(quota_nodes=38)
-    agent = Agent(guest, tmp_path, trusted)
+    agent = Agent(guest, tmp_path, etc=trusted_tmp / "etc")
     agent.proc = subprocess.Popen(agent.argv, stderr=open(agent.log, "a"))
     assert wait_for(lambda: "refused to write" in agent.log.read_text(), timeout=5)
     time.sleep(0.5)

@@ -24,7 +24,7 @@ from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import (FREEBSD_CONFIG_PATH, FREEBSD_HOOKS_DIR, LINUX_CONFIG_PATH,
                                    LINUX_HOOKS_DIR, LOG_LEVELS, Config, ConfigError, load_config)
 from xenguest_agent.fixture import FixtureRunner
-from xenguest_agent.host import Host, SubprocessRunner
+from xenguest_agent.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,13 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
     # named in the configuration run there.
     defaults = backend.power_commands() if args.root == "/" else {}
     commands = {**defaults, **dict(config.control.commands)}
-    control = Control(config.control, commands, SubprocessRunner(), hooks,
-                      backend.kernel_features, backend.unadvertised_features, time.monotonic)
+    # the kernel's flags survive a restart of the agent in /run (not on a captured tree)
+    state = None
+    if args.root == "/":
+        state = ("/var/run" if backend.name == "freebsd" else "/run") + \
+            "/xenguest-agent/kernel-features"
+    control = Control(config.control, commands, hooks, backend.kernel_features,
+                      backend.unadvertised_features, time.monotonic, state_path=state)
     if args.root == "/" and config.control.pm_freeze_timeout and not args.once:
         backend.tune_suspend(config.control.pm_freeze_timeout)
     net_events = None

@@ -128,6 +128,9 @@ class Daemon:
         self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
+        self._jobs_done = False
+        if hooks is not None:  # a finished hook or command wakes the loop
+            hooks.notify = self._on_jobs_done
 
     # --- producers (any thread, or a signal handler): flags and a wake-up only -------------
 
@@ -141,6 +144,10 @@ class Daemon:
             self._watch_overflow = True
         else:
             self._watch_events.append((path, token))
+        self.wakeup.wake()
+
+    def _on_jobs_done(self) -> None:  # on a hook job's thread
+        self._jobs_done = True
         self.wakeup.wake()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -271,9 +278,9 @@ class Daemon:
         if self.hooks is not None:
             details = {"old_domid": old_domid or "", "new_domid": domid or "",
                        "unique_domain_id": uuid or "", "old_unique_domain_id": old_uuid or ""}
-            self.hooks.run("post-resume", details)
+            self.hooks.start("post-resume", details)
             if migrated:
-                self.hooks.run("post-migrate", details)
+                self.hooks.start("post-migrate", details)
 
     def _check_clock(self) -> None:
         now = self.suspended()
@@ -312,6 +319,13 @@ class Daemon:
             self._guarded(self._check_resume)
         if control and self.control is not None:
             self._guarded(lambda: self.control.on_event(self.store))  # type: ignore[union-attr]
+        if self._jobs_done:  # a hook or a power command finished: the request's next step
+            self._jobs_done = False
+            if self.control is not None:
+                try:  # needs no XenStore: runs while disconnected too
+                    self.control.poll()
+                except Exception:  # a bug must not end a guest agent
+                    log.exception("unexpected error finishing a control request")
 
     def _on_network(self, kind: Optional[str]) -> None:
         """A coalesced notification: re-collect interfaces, or everything after a loss."""
@@ -358,6 +372,10 @@ class Daemon:
         finally:
             if self.net_events is not None:
                 self.net_events.close()
+            if self.control is not None:
+                self.control.cancel()
+            if self.hooks is not None:
+                self.hooks.cancel_all()
             self.wakeup.close()
 
     def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
