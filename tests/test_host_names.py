@@ -14,15 +14,13 @@ host's own fully qualified name is the better witness, so its suffix comes first
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 
 from xenguest_agent.backends.base import host_names_from
 from xenguest_agent.facts import HostNames
 
 
-def xapi_host_name(names: HostNames) -> Optional[str]:
+def xapi_host_name(names: HostNames) -> str | None:
     """netbios_name["host_name"] written out by hand from xapi's rule (see the module docstring)."""
     if names.host_name is None:
         return None
@@ -44,8 +42,8 @@ def xapi_host_name(names: HostNames) -> Optional[str]:
     ("web01", None, "web01", None),
     ("localhost.localdomain", None, "localhost", "localdomain"),
 ])
-def test_split_as_xapi_joins(kernel: str, resolv: Optional[str], host: str,
-                             domain: Optional[str]) -> None:
+def test_split_as_xapi_joins(kernel: str, resolv: str | None, host: str,
+                             domain: str | None) -> None:
     names = host_names_from(kernel, resolv)
     assert names == HostNames(host_name=host, domain=domain)
 
