@@ -3,13 +3,12 @@ real xenstored (over its socket, as dom0; the guest-domain versions with
 permissions and quotas are in test_guest_domain_agent.py)."""
 
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 from support.guestroot import GuestRoot
-from support.waiting import script, wait_for
+from support.waiting import script, spawn_logged, wait_for
 
 from xenguest_agent.xenstore import XenStore
 
@@ -36,9 +35,9 @@ def agent(xenstored, tmp_path):
     config.write_text(f"poll_interval: 0.2\ncontrol:\n  mode: auto\n  grace: 0.3\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
     xenstored.write(f"{HOME}/domid", "5")
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config),
-                             "--log-level", "debug"], stderr=open(tmp_path / "agent.log", "w"))
+    proc = spawn_logged([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
+                         "--root", str(guest.root), "--os", "linux", "--config", str(config),
+                         "--log-level", "debug"], tmp_path / "agent.log")
     assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), \
         (tmp_path / "agent.log").read_text()
     proc.marks = marks
@@ -91,9 +90,8 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
     config = tmp_path / "config.yaml"
     config.write_text("poll_interval: 0.2\ncontrol:\n  mode: agent\n")
     log = tmp_path / "agent.log"
-    proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                             "--root", str(guest.root), "--os", "linux", "--config", str(config)],
-                            stderr=open(log, "w"))
+    proc = spawn_logged([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
+                         "--root", str(guest.root), "--os", "linux", "--config", str(config)], log)
     try:
         assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
         request(xenstored, "poweroff")

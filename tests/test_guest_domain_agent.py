@@ -7,14 +7,13 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 from support.expectations import check_guestroot_tree
 from support.guestroot import GuestRoot
-from support.waiting import leaves, script, wait_for
+from support.waiting import leaves, script, spawn_logged, wait_for
 
 from xenguest_agent import cli
 
@@ -45,7 +44,7 @@ class Agent:
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen(self.argv, stderr=open(self.log, "a"))
+        self.proc = spawn_logged(self.argv, self.log, "a")
         assert wait_for(lambda: self.read("data/updated") == "1"), self.log.read_text()[-3000:]
         return self
 
@@ -109,7 +108,7 @@ def test_keys_land_in_the_guests_home_exactly(guest_domain, make_agent, capsys):
 def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_path):
     guest = guest_domain_factory(quota_nodes=38)
     agent = Agent(guest, tmp_path)
-    agent.proc = subprocess.Popen(agent.argv, stderr=open(agent.log, "a"))
+    agent.proc = spawn_logged(agent.argv, agent.log, "a")
     assert wait_for(lambda: "refused to write" in agent.log.read_text(), timeout=5)
     # still serving after the refusals: a SIGHUP is answered with a full republish
     agent.proc.send_signal(signal.SIGHUP)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> bool:
@@ -29,3 +30,11 @@ def script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body)
     os.chmod(path, 0o755)
     return path
+
+
+def spawn_logged(argv: Sequence[str], log: Path, mode: str = "w",
+                 **kwargs: Any) -> "subprocess.Popen[bytes]":
+    """``subprocess.Popen`` with stderr going to ``log``.  The child keeps its own descriptor;
+    the parent's copy is closed at once, so no test leaks the file (-W error::ResourceWarning)."""
+    with open(log, mode) as stderr:
+        return subprocess.Popen(list(argv), stderr=stderr, **kwargs)
