@@ -21,6 +21,7 @@ from xenguest_agent.xapi import (
     guest_metrics,
     ocaml_int,
     read_guest,
+    xenopsd_notices,
     xenopsd_snapshot,
 )
 
@@ -278,3 +279,19 @@ def test_services() -> None:
             "data/pvs_target/target_software_version": "1.0"}
     assert guest_metrics(xenopsd_snapshot(tree)).services == {
         "sshd/state": "running", "pvs_target/target_software_version": "1.0"}
+
+
+@pytest.mark.parametrize("path, noticed", [
+    ("attr/PVAddons/Installed", True), ("attr/vif/0/ipv4/0", True), ("control/feature-balloon", True),
+    ("feature/hotplug/vif", True), ("xenserver/attr/net-sriov-vf/0/ipv4/0", True), ("data/ts", True),
+    # not watched: a change here waits for the next watched write (hence the agent's nudge of
+    # attr/PVAddons/Installed with every data/ batch, schema.py NUDGE_KEY)
+    ("data/os_name", False), ("data/host_name_dns", False), ("data/meminfo_free", False),
+    # unwatched since xen-api commit ad5cbe5e (June 2025)
+    ("data/updated", False),
+    # a string prefix is not a path prefix
+    ("attribute", False),
+])
+def test_xenopsd_watches(path: str, noticed: bool) -> None:
+    # XS Actions.interesting_paths_for_domain
+    assert xenopsd_notices(path) is noticed

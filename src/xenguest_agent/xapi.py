@@ -50,6 +50,13 @@ XENOPSD_ROOTS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("data/pvs_target", (), 0),
 )
 
+#: xenops_server_xen.ml ``Actions.interesting_paths_for_domain``: the guest-home paths xenopsd
+#: watches (a watch covers the subtree); a change elsewhere reaches xapi only with the next one.
+#: ``data/updated`` left the list in June 2025 (xen-api commit ad5cbe5e).
+XENOPSD_WATCHED = ("attr", "data/ts", "data/service", "data/pvs_target", "memory/target",
+                   "memory/uncooperative", "console/vnc-port", "console/tc-port", "control",
+                   "device", "rrd", "vm-data", "feature", "xenserver/attr")
+
 #: xapi_globs.ml ``guest_service_keys`` (default): data/<key> copied into ``services``.
 GUEST_SERVICE_KEYS = ("pvs_target/target_software_version",)
 
@@ -146,6 +153,12 @@ def xenopsd_snapshot(tree: Tree) -> Snapshot:
     for root, excludes, depth in XENOPSD_ROOTS:
         walk(root, excludes, depth)
     return tuple(acc)
+
+
+def xenopsd_notices(path: str) -> bool:
+    """Whether writing ``path`` (relative to the home) fires one of xenopsd's watches, which
+    makes xapi re-read the whole snapshot; ``data/os_name`` alone does not."""
+    return any(path == w or path.startswith(w + "/") for w in XENOPSD_WATCHED)
 
 
 # --- 2. xapi ---------------------------------------------------------------------------------
