@@ -17,12 +17,15 @@ Written from xapi-project/xen-api's source, not from this agent, so that tests (
    ``get_feature_balloon``/``get_guest_agent``; ``ocaml/xcp-rrdd/bin/rrdp-squeezed/rrdp_squeezed.ml``
    ``MemoryActions.watch_fired``) -> :func:`squeezed_view`.
 
-:func:`read_guest` runs all four.  Input: ``{path: value}`` relative to the domain's home
+:func:`read_guest` runs all four and returns an :class:`XapiView` (``metrics``: VM_guest_metrics
+as xapi would store it; ``drivers``: PV_drivers_version's verdict and why; ``squeezed``: balloon,
+guest-agent and memory-RRD figures).  :func:`xenopsd_notices` says whether a write reaches xapi at
+once.  Input: ``{path: value}`` relative to the domain's home
 (``attr/vif/0/ipv4/0``), every node the guest has (directories are implied by their
 children).  Directory listings come in the order the mapping first names a child, which
-stands for xenstored's listing order; only failure cases depend on it (see ``networks``).
+stands for xenstored's listing order; only failure cases depend on it (see ``_networks``).
 
-Not modelled: xenopsd's byte quota on the snapshot (25 MiB by default, far above what a
+Not modelled: xenopsd's byte quota on the snapshot (by default far above what a
 guest agent writes), its UTF-8 recoding (values are taken as given), Windows ``drivers/N``
 version strings, and what xapi derives from PV_drivers_version for allowed operations.
 """
@@ -375,10 +378,4 @@ def read_guest(tree: Tree, service_keys: Sequence[str] = GUEST_SERVICE_KEYS) -> 
     """Run the whole chain on a guest's tree (relative paths, as in the module docstring)."""
     metrics = guest_metrics(xenopsd_snapshot(tree), service_keys)
     return XapiView(metrics=metrics, drivers=drivers_version(metrics), squeezed=squeezed_view(tree))
-
-
-def relative_tree(dump: Mapping[str, str], home: str) -> dict[str, str]:
-    """``{path: value}`` of a dump taken with absolute paths, relative to ``home``."""
-    prefix = home.rstrip("/") + "/"
-    return {k[len(prefix):]: v for k, v in dump.items() if k.startswith(prefix)}
 
