@@ -14,10 +14,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 import pytest
-
 from support.golden import compare
 
 from xenguest_agent import cli
@@ -29,7 +27,7 @@ REQUIRED = {"debian12", "ubuntu2404", "rocky9", "alpine319", "centos6", "many-ad
 SUBPROCESS_TREE = "rocky9"
 
 
-def _argv(tree: str, config: Path) -> List[str]:
+def _argv(tree: str, config: Path) -> list[str]:
     # An empty --config pins the built-in defaults, so a config file on the machine
     # running the tests (/etc/xenguest-agent/config.yaml) cannot change the output.
     return ["show", "--root", str(FIXTURES / tree), "--os", "linux", "--format", "json",
