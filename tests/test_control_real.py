@@ -3,13 +3,12 @@ real xenstored (over its socket, as dom0; the guest-domain versions with
 permissions and quotas are in test_guest_domain_agent.py)."""
 
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 from support.guestroot import GuestRoot
-from support.waiting import script, wait_for
+from support.waiting import script, spawn_logged, wait_for
 
 from xenguest_agent.xenstore import XenStore
 
@@ -37,10 +36,9 @@ def start_agent(spec, tmp_path, etc, mode="auto", hook_body=None):
     config.write_text(f"poll_interval: 1\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
                       f"  hooks_dir: {etc / 'hooks'}\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
-    with open(tmp_path / "agent.log", "w") as log:  # the child keeps its own copy
-        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
-                                 "--root", str(guest.root), "--os", "linux", "--config", str(config),
-                                 "--log-level", "debug"], stderr=log)
+    proc = spawn_logged([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
+                         "--root", str(guest.root), "--os", "linux", "--config", str(config),
+                         "--log-level", "debug"], tmp_path / "agent.log")
     proc.marks = marks
     proc.log = tmp_path / "agent.log"
     return proc
@@ -99,10 +97,8 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
     config = tmp_path / "config.yaml"
     config.write_text("poll_interval: 1\ncontrol:\n  mode: agent\n")
     log = tmp_path / "agent.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
-                                 "--root", str(guest.root), "--os", "linux", "--config", str(config)],
-                                stderr=stderr)
+    proc = spawn_logged([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xenstored.spec,
+                         "--root", str(guest.root), "--os", "linux", "--config", str(config)], log)
     try:
         assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
         request(xenstored, "poweroff")

@@ -502,6 +502,8 @@ class FakeSource:
         if self.refuse:
             raise OSError(errno.EPERM, "not allowed")
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if self.feed is not None:  # a restart: the previous pair's reader end is the watcher's
+            self.feed.close()
         self.feed = a
         self.sock = FlakySocket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, fileno=b.detach())
         self.sock.errors = []
@@ -697,6 +699,7 @@ class Child:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=20)
+        self.reader.join(timeout=20)  # it ends at the child's EOF; then the pipes can be closed
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

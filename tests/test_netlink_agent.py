@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from support.waiting import wait_for
+from support.waiting import spawn_logged, wait_for
 
 HOME = "/local/domain/0"
 
@@ -28,10 +28,9 @@ def live_agent(netns, xenstored, tmp_path):
     config.write_text("interval: 600\nmemory:\n  min_interval: 600\n"
                       "network:\n  exclude: [lo, v1, v3]\n  static_vifs: {v0: 0, v2: 1}\n")
     log = tmp_path / "agent.log"
-    with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
-                                 "run", "--xenstore", xenstored.spec, "--config", str(config),
-                                 "--log-level", "debug"], stderr=stderr)
+    proc = spawn_logged(["ip", "netns", "exec", netns, sys.executable, "-m", "xenguest_agent",
+                         "run", "--xenstore", xenstored.spec, "--config", str(config),
+                         "--log-level", "debug"], log)
     assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=10), log.read_text()
     proc.log = log
     yield proc

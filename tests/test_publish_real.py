@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from support.expectations import check_guestroot_tree
 from support.guestroot import GuestRoot
 from support.waiting import leaves, wait_for
 
@@ -35,13 +36,15 @@ def shown(root, capsys):
     return json.loads(capsys.readouterr().out)
 
 
-def test_run_once_publishes_exactly_what_show_prints(xenstored, guest, capsys):
-    expected = shown(guest.root, capsys)
-    assert expected["attr/vif/0/ipv4/0"] == "10.0.0.2"
+def test_run_once_publishes_the_hand_built_tree_and_what_show_prints(xenstored, guest, capsys):
     code = cli.main(["run", "--once", "--xenstore", xenstored.spec, "--root", str(guest.root),
                      "--os", "linux"])
     assert code == 0
-    assert leaves(xenstored.dump(HOME)) == expected
+    published = leaves(xenstored.dump(HOME))
+    # the independent witness: keys written by hand from GuestRoot's files, read as xapi would
+    check_guestroot_tree(published)
+    # and `show` agrees with `run` (the same rendering, two commands)
+    assert published == shown(guest.root, capsys)
 
 
 def test_console_script_run_once(xenstored, guest):
@@ -127,11 +130,13 @@ def running(xenstored, guest):
 def test_daemon_follows_changes_and_is_silent_when_idle(running, xenstored, guest):
     guest.set_addresses("eth0", ["10.0.0.7"])
     assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.7")
-    time.sleep(0.3)
-    mark = xenstored.mark()
-    time.sleep(1.0)  # about ten poll rounds with nothing changing
+    # the round that wrote it is over once the daemon counts the next one
+    settled = running.rounds + 1
+    assert wait_for(lambda: running.rounds >= settled, timeout=10)
+    mark, start = xenstored.mark(), running.rounds
+    # observed: five complete poll rounds with nothing changing (the daemon's round counter)
+    assert wait_for(lambda: running.rounds >= start + 5, timeout=30)
     assert xenstored.count("WRITE", since=mark) == 0
-    assert running.rounds >= 5
 
 
 def test_daemon_survives_xenstored_restart_and_republishes(running, xenstored):
@@ -148,10 +153,9 @@ def test_domain_change_triggers_full_republish(running, xenstored):
     # what a migration looks like to the guest: a new tree, a new unique-domain-id
     xenstored.rm(f"{HOME}/data")
     xenstored.rm(f"{HOME}/attr")
-    started = time.monotonic()
     xenstored.write(f"{HOME}/unique-domain-id", "bbbb")
-    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=2)
-    assert time.monotonic() - started < 1.0
+    # how fast is the benchmark's business (the full sweep is minutes away, so the watch did it)
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=10)
     assert xenstored.read(f"{HOME}/data/os_name") == "Debian GNU/Linux 12 (bookworm)"
 
 

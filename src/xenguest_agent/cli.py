@@ -1,9 +1,10 @@
 """Command-line entry point; the one place that reads the real OS and builds objects.
 
 ``xenguest-agent show`` needs no Xen: it prints what would be published.
-``xenguest-agent run`` is the daemon.  Exit codes follow sysexits(3): 69
+``xenguest-agent run`` is the daemon.  Exit codes follow sysexits(3) (``os.EX_*``): 69
 (EX_UNAVAILABLE) when XenStore cannot be reached, 78 (EX_CONFIG) for a bad
-configuration, 70 (EX_SOFTWARE) for an unsupported OS.
+configuration, 70 (EX_SOFTWARE) for an unsupported OS; ``show`` into a closed pipe
+exits 141, as a command stopped by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from xenguest_agent.host import Host
 
 log = logging.getLogger(__name__)
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
+EX_OK = os.EX_OK
+EX_SOFTWARE = os.EX_SOFTWARE
+EX_UNAVAILABLE = os.EX_UNAVAILABLE
+EX_CONFIG = os.EX_CONFIG
+#: what a shell reports for a command stopped by SIGPIPE (128 + 13): `show | head` exits so
+EX_BROKEN_PIPE = 128 + 13
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,13 +93,23 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     values = agent.render(agent.collect())
     values[schema.UPDATED_KEY] = UPDATED_VALUE
     ordered = dict(sorted(values.items()))
-    if args.format == "json":
-        json.dump(ordered, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        width = max((len(k) for k in ordered), default=0)
-        for path, value in ordered.items():
-            sys.stdout.write(f"{path:<{width}} = {value}\n")
+    try:
+        if args.format == "json":
+            json.dump(ordered, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            width = max((len(k) for k in ordered), default=0)
+            for path, value in ordered.items():
+                sys.stdout.write(f"{path:<{width}} = {value}\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader left (`show | head`): stop quietly, like a tool SIGPIPE stops.  stdout now
+        # points at /dev/null so the interpreter's last flush cannot fail again (Python's
+        # signal documentation, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
     if args.root == "/" and not xenstore.startswith("unix:") and not os.path.exists(xenstore):
         sys.stderr.write(
             f"note: no XenStore device at {xenstore}: this machine is not a Xen guest (or the "

@@ -8,12 +8,15 @@ Readers, in xapi-project/xen-api:
 - ``ocaml/xapi/xapi_guest_agent.ml``: copies ``attr/PVAddons/*``, ``data/os_*``,
   ``data/meminfo_*``, ``attr/vif/*`` and ``xenserver/attr/net-sriov-vf/*`` into
   VM_guest_metrics (PV_drivers_version, os_version, memory, networks).
-- ``ocaml/xapi/xapi_pv_driver_version.ml``: the four ``attr/PVAddons/*Version``
-  values must parse as decimal integers, or the tools count as not installed.
+- ``ocaml/xapi/xapi_pv_driver_version.ml``: Major and Minor must be present and
+  integers, or the tools count as not installed; Micro and Build must be integers
+  when present.
 - ``ocaml/squeezed``: ``control/feature-balloon`` existing = "can balloon";
   ``data/updated`` existing = "guest agent running".
-- ``ocaml/xenopsd/xc/xenops_server_xen.ml``: ``feature/hotplug/{vif,vbd}`` for
+- ``ocaml/xcp-rrdd/bin/rrdp-squeezed/rrdp_squeezed.ml``: ``data/meminfo_free``.
+- ``xapi_guest_agent.ml`` ``get_tristate``: ``feature/hotplug/{vif,vbd}`` for
   can_use_hotplug_vif/vbd (hot-plugging NICs and disks into a running VM).
+``src/xenguest_agent/xapi.py`` models these readers.
 See docs/keys.md for the table of keys, formats and readers.
 """
 

@@ -39,6 +39,7 @@ import errno
 import logging
 import os
 import re
+import socket
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -268,12 +269,23 @@ class XenStore:
             raise XenStoreUnavailable(
                 f"XenStore device {self.path} does not exist: this is not a Xen guest, "
                 "or the xenbus device is missing (Linux: xenfs/xen drivers; FreeBSD: xenstore)")
+        if self.kind == "unix":
+            # pyxs 0.4.1 leaks the socket of a failed connect (_UnixSocketTransport.__init__):
+            # find out first, on a socket that is closed whatever happens
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(self.path)
+                except OSError as exc:
+                    raise XenStoreUnavailable(f"cannot connect to XenStore at {self.path}: {exc}") from None
         connection = (UnixSocketConnection(self.path) if self.kind == "unix"
                       else XenBusConnection(self.path))
         router = _Router(connection)
         try:
             router.start()
         except (PyXSError, OSError) as exc:
+            # the router's socketpair is closed by its thread, which never started
+            router.r_terminator.close()
+            router.w_terminator.close()
             raise XenStoreUnavailable(f"cannot connect to XenStore at {self.path}: {exc}") from None
         return router
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Any, Callable
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> bool:
@@ -18,7 +20,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float 
     return False
 
 
-def leaves(tree: Dict[str, str]) -> Dict[str, str]:
+def leaves(tree: dict[str, str]) -> dict[str, str]:
     """The nodes of a dumped tree that have no children (the published keys)."""
     return {k: v for k, v in tree.items() if not any(o.startswith(k + "/") for o in tree)}
 
@@ -29,3 +31,11 @@ def script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body)
     os.chmod(path, 0o755)
     return path
+
+
+def spawn_logged(argv: Sequence[str], log: Path, mode: str = "w",
+                 **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` with stderr going to ``log``.  The child keeps its own descriptor;
+    the parent's copy is closed at once, so no test leaks the file (-W error::ResourceWarning)."""
+    with open(log, mode) as stderr:
+        return subprocess.Popen(list(argv), stderr=stderr, **kwargs)

@@ -110,12 +110,21 @@ def os_info_from_release(fields: Dict[str, str], kernel: str) -> Optional[OsInfo
 # --- resolv.conf(5); shared by Linux and FreeBSD ------------------------------------------------
 
 def host_names_from(host_name: Optional[str], resolv_conf: Optional[str]) -> HostNames:
-    """Host name as the kernel has it; DNS domain from resolv.conf, else the part
-    of a fully qualified host name after the first dot (both OSes)."""
+    """The kernel's host name split the way xapi joins it back.
+
+    xapi shows ``data/host_name_dns + "." + data/domain`` as the VM's host name
+    (xen-api ``ocaml/xapi/xapi_guest_agent.ml``, ``get_initial_guest_metrics``,
+    ``netbios_name``), so a fully qualified kernel host name gives its first label
+    as the host name and the rest as the domain.  A short name takes the domain
+    from resolv.conf: the host's own FQDN is the better witness of its domain than
+    the resolver's list for completing other names (resolv.conf(5))."""
+    name = (host_name or "").strip().rstrip(".")
+    if "." in name:
+        label, suffix = name.split(".", 1)
+        if label and suffix:
+            return HostNames(host_name=label, domain=suffix)
     domain = parse_resolv_domain(resolv_conf) if resolv_conf else None
-    if domain is None and host_name and "." in host_name:
-        domain = host_name.split(".", 1)[1]
-    return HostNames(host_name=host_name or None, domain=domain)
+    return HostNames(host_name=name or None, domain=domain)
 
 
 def parse_resolv_domain(text: str) -> Optional[str]:

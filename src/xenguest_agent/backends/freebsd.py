@@ -310,9 +310,8 @@ class FreeBSDBackend:
         return capabilities_from_sysctl(self.sysctl())
 
     def host_names(self) -> HostNames:
-        """``kern.hostname``; DNS domain from resolv.conf, else the part of a fully
-        qualified host name after the first dot (FreeBSD's rc.conf ``hostname`` is
-        usually fully qualified)."""
+        """``kern.hostname`` (rc.conf's ``hostname`` is usually fully qualified), split
+        as xapi joins it (``host_names_from``)."""
         return host_names_from(self.sysctl().get("kern.hostname"),
                                self.host.read_text("/etc/resolv.conf"))
 

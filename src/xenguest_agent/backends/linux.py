@@ -248,7 +248,6 @@ class LinuxBackend:
                  "(not restored at exit)", path, current, wanted)
 
     def host_names(self) -> HostNames:
-        """Host name from kernel/sysctl ``hostname``; DNS domain from resolv.conf,
-        else the part after the first dot of a fully qualified host name."""
+        """Kernel/sysctl ``hostname``, split as xapi joins it (``host_names_from``)."""
         return host_names_from(self.host.read_line("/proc/sys/kernel/hostname"),
                                self.host.read_text("/etc/resolv.conf"))
