@@ -128,7 +128,8 @@ class FloodSource:
             sent += 1
 
 
-def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstored, tmp_path):
+def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstored, tmp_path,
+                                                                         trusted_tmp):
     """Events must not pile up (issue 9, item 4): a backlog of network notifications
     is one dirty flag, and a control request that arrives behind it is served in
     the same wake-up, before the (single) re-collection.
@@ -147,27 +148,26 @@ def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstore
     from xenguest_agent.control import Control
     from xenguest_agent.daemon import Daemon
     from xenguest_agent.hooks import Hooks
-    from xenguest_agent.host import CommandResult, Host
+    from xenguest_agent.host import Host
     from xenguest_agent.netevents import NetworkEvents
     from xenguest_agent.publisher import Publisher
     from xenguest_agent.xenstore import XenStore
 
-    acted = []
+    from support.waiting import script
 
-    def runner(argv, timeout=5.0):
-        acted.append(tuple(argv))
-        return CommandResult(tuple(argv), 0, "", "")
+    marker = tmp_path / "acted"
+    poweroff = script(trusted_tmp / "poweroff", f"echo poweroff >> {marker}\n")
 
     guest = Root(tmp_path / "guest")
     host = Host(str(guest.root))
     config = Config(interval=600, control=ControlConfig(mode="agent"))
     store = XenStore(xenstored.spec)
     store.connect()
-    control = Control(config.control, {"poweroff": ("poweroff",)}, runner,
-                      Hooks(str(tmp_path / "hooks")), (), (), time.monotonic)
+    hooks = Hooks(str(trusted_tmp / "hooks"), 30.0)
+    control = Control(config.control, {"poweroff": (str(poweroff),)}, hooks, (), (), time.monotonic)
     source = FloodSource()
     daemon = Daemon(Agent(LinuxBackend(host, CapturedAddresses(host)), config), store,
-                    Publisher(store), config, control=control,
+                    Publisher(store), config, control=control, hooks=hooks,
                     net_events=NetworkEvents(source, window=0.0))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
@@ -178,13 +178,14 @@ def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstore
         assert queued > 100, queued  # the kernel bounds a datagram queue (net.unix.max_dgram_qlen)
         after_flood = daemon.rounds
         xenstored.write(f"{HOME}/control/shutdown", "poweroff")
-        assert wait_for(lambda: acted, timeout=120)
+        assert wait_for(lambda: xenstored.read(f"{HOME}/control/shutdown") == "", timeout=120)
         rounds_at_ack = daemon.rounds - after_flood
-        assert xenstored.read(f"{HOME}/control/shutdown") == ""
         # the backlog is drained up to 256 datagrams per wake-up (netevents DRAIN_LIMIT),
         # each wake-up one re-collection at most, and the request is served at the first
         # wake-up after it arrived, before that wake-up's re-collection
         assert rounds_at_ack <= 4, f"{rounds_at_ack} rounds for {queued} notifications"
+        assert wait_for(lambda: marker.exists(), timeout=60)  # and carried out, once
+        assert marker.read_text() == "poweroff\n"
     finally:
         daemon.stop()
         thread.join(30)

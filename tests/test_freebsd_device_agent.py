@@ -53,19 +53,20 @@ class FreeBSDAgent:
     """``xenguest-agent run --os freebsd --root <tree>`` on the device's socket."""
 
     def __init__(self, device: FreeBSDXenstoreDevice, home: str, read: Callable[[str], object],
-                 tmp_path: Path, mode: str = "auto") -> None:
+                 tmp_path: Path, etc: Path, mode: str = "auto") -> None:
+        """``etc``: a trusted directory (the config names a command run as root, so it and
+        the hooks must be root's alone: not under /tmp)."""
         self.device = device
         self.home = home
         self._read = read
         self.marks = tmp_path / "marks"
         self.marks.mkdir(exist_ok=True)
-        etc = tmp_path / "etc"
         poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {self.marks}/actions\n")
         for event in ("post-resume", "post-migrate"):
             script(etc / "hooks" / event / "10-record", f"echo \"$1\" >> {self.marks}/hooks\n")
         config = etc / "config.yaml"
-        config.write_text(f"poll_interval: 0.2\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
-                          f"  commands:\n    poweroff: [{poweroff}]\n")
+        config.write_text(f"poll_interval: 1\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
+                          f"  hooks_dir: {etc / 'hooks'}\n  commands:\n    poweroff: [{poweroff}]\n")
         self.log = tmp_path / "agent.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
@@ -86,9 +87,17 @@ class FreeBSDAgent:
             assert self.proc.wait(10) == 0, self.log.read_text()[-3000:]
 
 
+class Agents(List["FreeBSDAgent"]):
+    """The agents a test started (stopped at teardown) and their trusted directory."""
+
+    def __init__(self, etc: Path) -> None:
+        super().__init__()
+        self.etc = etc
+
+
 @pytest.fixture
-def agents() -> Iterator[List[FreeBSDAgent]]:
-    started: List[FreeBSDAgent] = []
+def agents(trusted_tmp: Path) -> Iterator[Agents]:
+    started = Agents(trusted_tmp / "etc")
     yield started
     for agent in started:
         agent.stop()
@@ -115,7 +124,7 @@ def test_daemon_sees_a_shutdown_request_through_freebsds_device(xenstored, devic
     home = "/local/domain/0"
     xenstored.write(f"{home}/domid", "5")
     device = device_factory(str(xenstored.socket_path))
-    agent = FreeBSDAgent(device, home, xenstored.read, tmp_path)
+    agent = FreeBSDAgent(device, home, xenstored.read, tmp_path, agents.etc)
     agents.append(agent)
     assert wait_for(lambda: agent.read("data/updated") == "1", timeout=10), \
         agent.log.read_text()[-3000:]
@@ -133,7 +142,7 @@ def test_daemon_sees_a_shutdown_request_through_freebsds_device(xenstored, devic
 def guest_agent(guest: GuestDomain, device_factory, agents, tmp_path: Path,
                 mode: str = "auto") -> FreeBSDAgent:
     device = device_factory(str(guest.bridge.socket_path))
-    agent = FreeBSDAgent(device, guest.home, guest.xenstored.read, tmp_path, mode)
+    agent = FreeBSDAgent(device, guest.home, guest.xenstored.read, tmp_path, agents.etc, mode)
     agents.append(agent)
     assert wait_for(lambda: agent.read("data/updated") == "1", timeout=10), \
         agent.log.read_text()[-3000:]

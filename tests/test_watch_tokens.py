@@ -65,7 +65,7 @@ def test_every_watch_of_a_session_has_its_own_token(tmp_path: Path) -> None:
     backend = FreeBSDBackend(Host(str(FIXTURE), FixtureRunner(str(FIXTURE))))
     config = Config()
     hooks = Hooks(str(tmp_path / "hooks"), config.control.hook_timeout)
-    control = Control(config.control, {}, no_command, hooks, backend.kernel_features,
+    control = Control(config.control, {}, hooks, backend.kernel_features,
                       backend.unadvertised_features, lambda: 0.0)
     daemon = Daemon(Agent(backend, config), store, Publisher(store), config,  # type: ignore[arg-type]
                     control=control, hooks=hooks)

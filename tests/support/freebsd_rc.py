@@ -167,6 +167,8 @@ class FreeBSDRoot:
         assert self.init.stdin is not None
         self.init.stdin.close()
         self.init.wait(timeout=60)
+        if self.init.stdout is not None:
+            self.init.stdout.close()
 
 
 def alive(pid: int) -> bool:
