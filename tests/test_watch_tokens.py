@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from support.memstore import MemStore
 
+from xenguest_agent import schema
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends.freebsd import FreeBSDBackend
 from xenguest_agent.config import Config
@@ -71,5 +72,9 @@ def test_every_watch_of_a_session_has_its_own_token(tmp_path: Path) -> None:
                     control=control, hooks=hooks)
     assert daemon.run(once=True) == 0
     assert store.refused == []
-    assert sorted(store.watches.values()) == sorted(["domid", "unique-domain-id", SHUTDOWN_KEY])
+    # control/shutdown, the two domain keys, and one watch per owned key and tree (what the
+    # agent keeps true: another writer's change is seen and repaired, publisher.py)
+    owned = list(schema.OWNED_TREES + schema.OWNED_KEYS)
+    assert sorted(store.watches.values()) == sorted(["domid", "unique-domain-id", SHUTDOWN_KEY,
+                                                     *owned])
     assert store.leaves("data").get("data/updated") == "1"  # the first publish completed

@@ -117,14 +117,16 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     return EX_OK
 
 
-def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, backend: Backend,
-         config_path: str) -> int:
+def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
+         backend: Backend) -> int:
     import time
 
     from xenguest_agent.control import Control
     from xenguest_agent.daemon import Daemon
+    from xenguest_agent.filewatch import FileWatch
     from xenguest_agent.hooks import Hooks
     from xenguest_agent.publisher import Publisher
+    from xenguest_agent.sdnotify import Notifier
     from xenguest_agent.xenstore import XenStore, XenStoreError
 
     try:
@@ -156,7 +158,9 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
         from xenguest_agent.netevents import NetworkEvents
         net_events = NetworkEvents(os_name=backend.name)
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
-                    net_events=net_events)
+                    net_events=net_events, file_watch=FileWatch(Host(args.root), backend.name),
+                    notifier=Notifier.from_environ(os.environ))
+    log.info("xenguest-agent %s starting: %s backend, XenStore %s", __version__, backend.name, spec)
     try:
         store.connect()
         if not args.once:
@@ -188,4 +192,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec = getattr(args, "xenstore", None) or config.xenstore or backend.default_xenstore
     if args.command == "show":
         return _show(args, agent, spec)
-    return _run(args, agent, config, spec, backend, config_path)
+    return _run(args, agent, config, spec, backend)

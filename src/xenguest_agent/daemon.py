@@ -37,18 +37,21 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
 import signal
 import threading
 import time
-from typing import Callable, Deque, FrozenSet, Optional, Set, Tuple
+from typing import Callable, Deque, FrozenSet, List, Optional, Set, Tuple
 
+from xenguest_agent import schema
 from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
 from xenguest_agent.control import SHUTDOWN_KEY, Control
+from xenguest_agent.filewatch import FileWatch
 from xenguest_agent.hooks import Hooks
-from xenguest_agent.netevents import RESYNC, NetworkEvents
+from xenguest_agent.loopsources import LoopSources
+from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
+from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
@@ -71,6 +74,9 @@ TOKEN_UNIQUE_DOMAIN_ID = watch_token(UNIQUE_DOMAIN_ID)
 TOKEN_DOMID = watch_token(DOMID)
 TOKEN_SHUTDOWN = watch_token(SHUTDOWN_KEY)
 DOMAIN_TOKENS = frozenset({TOKEN_DOMID, TOKEN_UNIQUE_DOMAIN_ID})
+#: What the agent owns and keeps true: one watch each (they do not nest), so
+#: another writer's change or removal is seen and repaired (publisher.py).
+OWNED_PATHS = schema.OWNED_TREES + schema.OWNED_KEYS
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
@@ -101,17 +107,20 @@ class Daemon:
                  control: Optional[Control] = None, hooks: Optional[Hooks] = None,
                  net_events: Optional[NetworkEvents] = None,
                  clock: Callable[[], float] = time.monotonic,
-                 suspended: Callable[[], float] = suspended_seconds) -> None:
+                 suspended: Callable[[], float] = suspended_seconds,
+                 file_watch: Optional[FileWatch] = None,
+                 notifier: Optional[Notifier] = None) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
         self.config = config
         self.control = control
         self.hooks = hooks
-        self.net_events = net_events
         self.clock = clock
         self.suspended = suspended
         self.wakeup = Wakeup()
+        self.sources = LoopSources(self.wakeup, net_events, file_watch)
+        self.notifier = notifier if notifier is not None else Notifier(None)
         # flags set by producers (signal handlers, other threads); read and cleared by the loop
         self._stop_requested = False
         self._hup_requested = False
@@ -124,6 +133,7 @@ class Daemon:
         self._next_reconnect = 0.0
         self._dirty: Set[str] = set()
         self._full = False
+        self._repair = False
         self._domain: Tuple[Optional[str], Optional[str]] = (None, None)
         self._suspended_base = suspended()
         self.rounds = 0
@@ -197,6 +207,9 @@ class Daemon:
             self._watch(SHUTDOWN_KEY)
         self._watch(DOMID)
         self._watch(UNIQUE_DOMAIN_ID)
+        for path in OWNED_PATHS:
+            self.publisher.expect_event(path)  # a new watch fires once: not a change
+            self._watch(path)
         self._connected = True
         self._domain = self._read_domain()
         if self.control is not None:
@@ -210,13 +223,17 @@ class Daemon:
         self.rounds += 1
 
     def _publish_dirty(self) -> None:
-        full, dirty = self._full, self._dirty
-        if not full and not dirty:
+        """One publish for everything pending: a full republish, collectors to re-run,
+        owned keys another writer changed (repair), refused keys due for a retry."""
+        full, dirty, repair = self._full, self._dirty, self._repair or self.publisher.needs_repair
+        retry = self.publisher.next_retry()
+        if not (full or dirty or repair or (retry is not None and self.clock() >= retry)):
             return
-        self._full, self._dirty = False, set()
+        self._full, self._dirty, self._repair = False, set(), False
         if full:
             self.agent.forget()
             self.publisher.invalidate()
+        # only=(): no collector runs, the last facts are rendered and compared again
         self._publish(None if full or dirty >= ALL else tuple(sorted(dirty)))
 
     def _lost(self, exc: XenStoreError) -> None:
@@ -297,12 +314,16 @@ class Daemon:
         """(a domain key may have changed, control/shutdown may have changed)."""
         domain = control = self._watch_overflow
         self._watch_overflow = False
+        if domain:  # events were dropped: owned keys may have changed too
+            self._repair = True
         while self._watch_events:
-            _path, token = self._watch_events.popleft()
+            path, token = self._watch_events.popleft()
             if token in DOMAIN_TOKENS:
                 domain = True
             elif token == TOKEN_SHUTDOWN:
                 control = True
+            elif self.publisher.note_event(path):
+                self._repair = True
         return domain, control
 
     def _serve(self) -> None:
@@ -327,13 +348,6 @@ class Daemon:
                 except Exception:  # a bug must not end a guest agent
                     log.exception("unexpected error finishing a control request")
 
-    def _on_network(self, kind: Optional[str]) -> None:
-        """A coalesced notification: re-collect interfaces, or everything after a loss."""
-        if kind == RESYNC:
-            self._dirty |= ALL
-        elif kind is not None:
-            self._dirty.add("interfaces")
-
     def _control_deadline(self, now: float) -> None:
         control = self.control
         if control is None:
@@ -357,10 +371,14 @@ class Daemon:
         except XenStoreError as exc:
             log.warning("first publish incomplete: %s; retrying each round", exc)
         if once:
+            self.sources.close()
             return 0
-        if self.net_events is not None and self.net_events.open():
+        self.notifier.ready()
+        self.notifier.status(f"publishing to {self.store.spec}")
+        if self.sources.open(ALL):
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
-                     self.net_events.name, self.config.memory.min_interval, self.config.interval)
+                     self.sources.net.name if self.sources.net is not None else "no",
+                     self.config.memory.min_interval, self.config.interval)
             tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
             sweep: Optional[float] = self.config.interval
         else:
@@ -370,35 +388,26 @@ class Daemon:
         try:
             return self._loop(tick, tick_only, sweep)
         finally:
-            if self.net_events is not None:
-                self.net_events.close()
+            self.notifier.stopping()
             if self.control is not None:
                 self.control.cancel()
             if self.hooks is not None:
                 self.hooks.cancel_all()
-            self.wakeup.close()
+            self.sources.close()
+            self.notifier.close()
 
     def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
-        poller = select.poll()
-        poller.register(self.wakeup.read_fd, select.POLLIN)
-        net = self.net_events
-        net_fd = net.fileno() if net is not None else -1
-        if net_fd >= 0:
-            poller.register(net_fd, select.POLLIN)
-        next_round = self.clock() + tick
-        next_sweep = None if sweep is None else self.clock() + sweep
+        now = self.clock()
+        next_round = now + tick
+        next_sweep = None if sweep is None else now + sweep
+        ping = self.notifier.watchdog_interval
+        next_ping = None if ping is None else now
+        was_connected = True
         while True:
             self._serve()
             if self._stopping:
                 break
             now = self.clock()
-            if net is not None and net_fd >= 0:
-                self._on_network(net.read_ready(now))  # drains; never blocks
-                if net.fileno() != net_fd:  # the socket failed for good: poll instead
-                    poller.unregister(net_fd)
-                    net_fd = -1
-                    tick, tick_only, sweep, next_sweep = self.config.poll_interval, ALL, None, None
-                    log.warning("network events lost; polling everything every %gs", tick)
             if not self._connected:
                 if now >= self._next_reconnect:
                     self._try_reconnect()
@@ -413,15 +422,24 @@ class Daemon:
                     self._dirty |= tick_only
                     next_round = now + tick
                 self._guarded(self._publish_dirty)
-            deadlines = [next_round] if self._connected else [self._next_reconnect]
-            if self._connected and next_sweep is not None:
-                deadlines.append(next_sweep)
-            for deadline in (self.control.deadline() if self.control is not None else None,
-                             net.deadline() if net is not None and net_fd >= 0 else None):
-                if deadline is not None:
-                    deadlines.append(deadline)
-            timeout = max(0.0, min(deadlines) - self.clock())
-            poller.poll(timeout * 1000.0 + 1.0)  # +1 ms: never wake just before a deadline
-            self.wakeup.drain()
+            if self._connected != was_connected:
+                was_connected = self._connected
+                self.notifier.status(f"publishing to {self.store.spec}" if self._connected
+                                     else "XenStore unavailable: reconnecting")
+            if next_ping is not None and now >= next_ping:
+                self.notifier.watchdog()  # from the loop itself: a wedged loop stops the pings
+                next_ping = now + ping  # type: ignore[operator]
+            deadlines: List[Optional[float]] = [
+                next_round if self._connected else self._next_reconnect,
+                next_sweep if self._connected else None,
+                next_ping, self.sources.deadline(),
+                self.control.deadline() if self.control is not None else None,
+                self.publisher.next_retry() if self._connected else None]
+            timeout = min(d for d in deadlines if d is not None) - self.clock()
+            self._dirty |= self.sources.wait(timeout, self.clock)
+            if self.sources.net_lost and sweep is not None:  # no more events: poll instead
+                log.warning("network events lost; polling everything every %gs",
+                            self.config.poll_interval)
+                tick, tick_only, sweep, next_sweep = self.config.poll_interval, ALL, None, None
         log.info("stopped after %d rounds", self.rounds)
         return 0
