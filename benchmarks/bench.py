@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
 
 import psutil  # noqa: E402
+
 from support.guestroot import GuestRoot  # noqa: E402
 from support.xenstored import Xenstored, build_shim, check_requirements  # noqa: E402
-
 from xenguest_agent.agent import Agent  # noqa: E402
 from xenguest_agent.backends.addresses import CapturedAddresses  # noqa: E402
 from xenguest_agent.backends.linux import LinuxBackend  # noqa: E402
@@ -127,7 +127,8 @@ def event_latency(xs: Xenstored, work: Path, changes: int, churn: int, window: f
                      f"{len(writes) * 60 / window:.1f}", "0 (memory moves only)", BASELINE["idle-writes"]))
         rows.append(("  of which not memory", f"{len(other)}", "0", ""))
         rows.append(("XenStore requests per idle hour (all ops, extrapolated)",
-                     f"{len(requests) * 3600 / window:.0f}", "only memory changes", BASELINE["idle-requests"]))
+                     f"{len(requests) * 3600 / window:.0f}", "only memory changes",
+                     BASELINE["idle-requests"]))
         rows.append(("CPU seconds per idle hour (extrapolated)", f"{cpu * 3600 / window:.2f} s", "~0", ""))
         store = XenStore(xs.spec)
         store.connect()
@@ -188,7 +189,8 @@ def scale_case(xs: Xenstored, work: Path, repeat: int) -> "list[tuple]":
     for n in range(256):
         vif = n if n < 8 else None
         addresses = [f"10.{n}.{k}.1" for k in range(8)] + [f"2001:db8:{n:x}:{k:x}::1" for k in range(8)]
-        guest.nic(f"eth{n}" if vif is not None else f"veth{n}", vif, f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
+        guest.nic(f"eth{n}" if vif is not None else f"veth{n}", vif,
+                  f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
                   addresses)
     store, agent, publisher = published_agent(xs, guest)
     nodes = len(xs.dump(HOME))
@@ -225,7 +227,8 @@ def bench(quick: bool) -> None:
                 proc.wait(10)
             rows.append(("start-up to first full publish (median, process spawn included)",
                          f"{statistics.median(startups) * 1000:.0f} ms", "< 500 ms", BASELINE["start-up"]))
-            rows.append(("RSS after start-up (median)", f"{statistics.median(rss) / 2**20:.1f} MiB", "<= 20 MiB",
+            rows.append(("RSS after start-up (median)", f"{statistics.median(rss) / 2**20:.1f} MiB",
+                         "<= 20 MiB",
                          BASELINE["rss"]))
 
             # one collect+diff cycle, in process, warm
@@ -237,9 +240,11 @@ def bench(quick: bool) -> None:
                 walls.append(time.perf_counter() - w0)
                 cpus.append(time.process_time() - c0)
             store.close()
-            rows.append(("collect+diff cycle, wall (median)", f"{statistics.median(walls) * 1000:.2f} ms", "<= 5 ms",
+            rows.append(("collect+diff cycle, wall (median)",
+                         f"{statistics.median(walls) * 1000:.2f} ms", "<= 5 ms",
                          ""))
-            rows.append(("collect+diff cycle, CPU (median)", f"{statistics.median(cpus) * 1000:.2f} ms", "<= 5 ms",
+            rows.append(("collect+diff cycle, CPU (median)",
+                         f"{statistics.median(cpus) * 1000:.2f} ms", "<= 5 ms",
                          BASELINE["cycle"]))
             rows.extend(scale_case(xs, work, 10 if quick else 50))
             rows.extend(event_latency(xs, work, 25 if quick else 50, 200 if quick else 1000,
@@ -250,11 +255,13 @@ def bench(quick: bool) -> None:
     print("-" * (width + 70))
     for name, value, target, baseline in rows:
         print(f"{name:<{width}}  {value:>14}  {target:<22}  {baseline}")
-    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, mode {'quick' if quick else 'full'}")
+    mode = "quick" if quick else "full"
+    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, mode {mode}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short idle window (CI)")
     bench(parser.parse_args().quick)
 

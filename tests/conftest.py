@@ -19,7 +19,6 @@ if str(TESTS_DIR) not in sys.path:
 from support.toolstack import GuestDomain  # noqa: E402
 from support.xenstored import Xenstored, XenstoredError, build_shim, check_requirements  # noqa: E402
 
-
 # --- the real xenstored ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import logging
 
 from support.guestroot import GuestRoot
 from support.memstore import MemStore
-
 from xenguest_agent.agent import LAST_GOOD_MAX_AGE, Agent
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.linux import LinuxBackend

@@ -8,7 +8,6 @@ import threading
 
 from support.guestroot import GuestRoot
 from support.waiting import wait_for
-
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.linux import LinuxBackend

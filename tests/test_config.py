@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.trusted import trusted_directory
 
+from support.trusted import trusted_directory
 from xenguest_agent import cli
 from xenguest_agent.config import (
     FREEBSD_HOOKS_DIR,

@@ -6,8 +6,8 @@ import errno
 import os
 
 import pytest
-from support.memstore import MemStore
 
+from support.memstore import MemStore
 from xenguest_agent.config import ControlConfig
 from xenguest_agent.control import Control, describe
 from xenguest_agent.hooks import Hooks

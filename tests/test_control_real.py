@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
+
 from support.guestroot import GuestRoot
 from support.waiting import script, spawn_logged, wait_for
-
 from xenguest_agent.xenstore import XenStore
 
 HOME = "/local/domain/0"

@@ -13,9 +13,9 @@ import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+
 from support.guestroot import GuestRoot
 from support.waiting import spawn_logged, wait_for
 

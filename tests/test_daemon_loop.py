@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.guestroot import GuestRoot
 from support.waiting import wait_for
 
@@ -140,7 +141,7 @@ def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstore
     import threading
 
     from support.guestroot import GuestRoot as Root
-
+    from support.waiting import script
     from xenguest_agent.agent import Agent
     from xenguest_agent.backends.addresses import CapturedAddresses
     from xenguest_agent.backends.linux import LinuxBackend
@@ -152,8 +153,6 @@ def test_a_control_request_is_served_before_a_backlog_of_network_events(xenstore
     from xenguest_agent.netevents import NetworkEvents
     from xenguest_agent.publisher import Publisher
     from xenguest_agent.xenstore import XenStore
-
-    from support.waiting import script
 
     marker = tmp_path / "acted"
     poweroff = script(trusted_tmp / "poweroff", f"echo poweroff >> {marker}\n")

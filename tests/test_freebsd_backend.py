@@ -14,22 +14,30 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
-from support.freebsd_device import FreeBSDXenstoreDevice
 
+from support.freebsd_device import FreeBSDXenstoreDevice
 from xenguest_agent import cli
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends import select_backend
 from xenguest_agent.backends.addresses import PsutilAddresses
-from xenguest_agent.backends.freebsd import (DEFAULT_XENSTORE, FREEBSD_VERSION, IFCONFIG, SYSCTL,
-                                             SYSCTL_NAMES, FreeBSDBackend, FreeBSDError,
-                                             capabilities_from_sysctl, memory_from_sysctl,
-                                             parse_freebsd_version, parse_sysctl, vif_ids)
-from xenguest_agent.backends.freebsd_ifconfig import (IfconfigEntry, build_interfaces,
-                                                      parse_ifconfig)
+from xenguest_agent.backends.freebsd import (
+    DEFAULT_XENSTORE,
+    FREEBSD_VERSION,
+    IFCONFIG,
+    SYSCTL,
+    SYSCTL_NAMES,
+    FreeBSDBackend,
+    FreeBSDError,
+    capabilities_from_sysctl,
+    memory_from_sysctl,
+    parse_freebsd_version,
+    parse_sysctl,
+    vif_ids,
+)
+from xenguest_agent.backends.freebsd_ifconfig import IfconfigEntry, build_interfaces, parse_ifconfig
 from xenguest_agent.config import Config
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
-from xenguest_agent.fixture import (FixtureError, FixtureRunner, UnexpectedCommand,
-                                    parse_argv_file)
+from xenguest_agent.fixture import FixtureError, FixtureRunner, UnexpectedCommand, parse_argv_file
 from xenguest_agent.host import CommandResult, Host
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "freebsd"

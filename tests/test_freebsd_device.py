@@ -11,6 +11,7 @@ import struct
 from typing import Iterator, Tuple
 
 import pytest
+
 from support.freebsd_device import (
     PAGE_SIZE,
     POINTER_SIZE,

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
 import pytest
+
 from support.freebsd_device import FreeBSDXenstoreDevice
 from support.freebsd_kernel import FreeBSDControl
 from support.toolstack import GuestDomain
 from support.waiting import leaves, script, wait_for
-
 from xenguest_agent.xenstore import XenStore
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "freebsd"

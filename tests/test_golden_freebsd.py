@@ -20,7 +20,6 @@ from typing import List
 import pytest
 
 from support.golden import compare
-
 from xenguest_agent import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "freebsd"

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.golden import compare
 
+from support.golden import compare
 from xenguest_agent import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "linux"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from support.golden import compare, fact_problems
 
 FACTS = """

@@ -11,14 +11,11 @@ import sys
 import time
 
 import pytest
+
 from support.expectations import check_guestroot_tree
 from support.guestroot import GuestRoot
 from support.waiting import leaves, script, spawn_logged, wait_for
-
 from xenguest_agent import cli
-
-
-
 
 
 class Agent:
@@ -33,7 +30,8 @@ class Agent:
         poweroff = script(etc / "fake-poweroff", f"echo poweroff >> {self.marks}/actions\n")
         for event in ("post-resume", "post-migrate"):
             script(etc / "hooks" / event / "10-record",
-                   f"echo \"$1 $XENGUEST_OLD_UNIQUE_DOMAIN_ID $XENGUEST_UNIQUE_DOMAIN_ID\" >> {self.marks}/hooks\n")
+                   f"echo \"$1 $XENGUEST_OLD_UNIQUE_DOMAIN_ID $XENGUEST_UNIQUE_DOMAIN_ID\""
+                   f" >> {self.marks}/hooks\n")
         config = etc / "config.yaml"  # it names commands run as root: a trusted chain
         config.write_text(f"poll_interval: {poll}\ncontrol:\n  mode: {mode}\n  grace: {grace}\n"
                           f"  hooks_dir: {etc / 'hooks'}\n  commands:\n    poweroff: [{poweroff}]\n")

@@ -9,8 +9,8 @@ import os
 import threading
 
 import pytest
-from support.waiting import wait_for
 
+from support.waiting import wait_for
 from xenguest_agent import hooks as hooks_module
 from xenguest_agent import trust
 from xenguest_agent.hooks import OUTPUT_LIMIT, Hooks

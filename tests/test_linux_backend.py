@@ -7,8 +7,8 @@ inline case here; each distro's whole layout is a tree under tests/fixtures/linu
 from __future__ import annotations
 
 import json
-import struct
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -18,10 +18,20 @@ from typing import Dict
 import pytest
 
 from xenguest_agent.backends.addresses import CapturedAddresses
-from xenguest_agent.backends.base import (os_info_from_release, parse_os_release,
-                                          parse_resolv_domain, split_version)
-from xenguest_agent.backends.linux import (LinuxBackend, LinuxError, parse_legacy_release,
-                                           parse_lsb_release, parse_meminfo, vif_from_nodename)
+from xenguest_agent.backends.base import (
+    os_info_from_release,
+    parse_os_release,
+    parse_resolv_domain,
+    split_version,
+)
+from xenguest_agent.backends.linux import (
+    LinuxBackend,
+    LinuxError,
+    parse_legacy_release,
+    parse_lsb_release,
+    parse_meminfo,
+    vif_from_nodename,
+)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support.waiting import spawn_logged, wait_for
 
 HOME = "/local/domain/0"

@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
+
 from support.expectations import check_guestroot_tree
 from support.guestroot import GuestRoot
 from support.waiting import leaves, wait_for
-
 from xenguest_agent import cli
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends.addresses import CapturedAddresses

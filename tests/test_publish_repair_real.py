@@ -16,9 +16,9 @@ import errno
 import threading
 
 import pytest
+
 from support.guestroot import GuestRoot
 from support.waiting import leaves, wait_for
-
 from xenguest_agent import schema
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends.addresses import CapturedAddresses

@@ -4,8 +4,8 @@ against the real xenstored in tests/test_publish_real.py)."""
 import errno
 
 import pytest
-from support.memstore import MemStore
 
+from support.memstore import MemStore
 from xenguest_agent.publisher import Publisher
 from xenguest_agent.xenstore import XenStoreError
 

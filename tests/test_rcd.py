@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.freebsd_rc import FreeBSDRoot, alive
 
+from support.freebsd_rc import FreeBSDRoot, alive
 from xenguest_agent import cli
 
 SCRIPT = Path(__file__).resolve().parent.parent / "rc.d" / "xenguest_agent"

@@ -3,8 +3,7 @@
 import pytest
 
 from xenguest_agent import schema
-from xenguest_agent.facts import (Address, Capabilities, Facts, HostNames, Memory, OsInfo,
-                                  ToolsVersion)
+from xenguest_agent.facts import Address, Capabilities, Facts, HostNames, Memory, OsInfo, ToolsVersion
 from xenguest_agent.network import NetworkView
 
 TOOLS = ToolsVersion(0, 1, 0, 0)

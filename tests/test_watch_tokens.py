@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from support.memstore import MemStore
-
 from xenguest_agent import schema
 from xenguest_agent.agent import Agent
 from xenguest_agent.backends.freebsd import FreeBSDBackend

@@ -86,7 +86,8 @@ def test_missing_micro_defaults_to_minus_one() -> None:
 
 def test_missing_build_is_minus_one() -> None:
     # PV lookup_driver_key_with_default "build" (-1): Linux agents traditionally write no build
-    assert read_guest(drop(PVADDONS, "attr/PVAddons/BuildVersion")).drivers == DriversVersion("Linux", 1, 2, 3, -1)
+    assert read_guest(drop(PVADDONS, "attr/PVAddons/BuildVersion")).drivers == \
+        DriversVersion("Linux", 1, 2, 3, -1)
 
 
 @pytest.mark.parametrize("key, why", [("attr/PVAddons/MajorVersion", "major missing"),

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support.golden import FACTS, fact_problems
 from support.xenstored import Xenstored
-
 from xenguest_agent import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

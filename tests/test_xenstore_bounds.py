@@ -20,8 +20,8 @@ import errno
 
 import pytest
 from pyxs.exceptions import PyXSError
-from support.toolstack import XS_WRITE, Dom0Client, XenStoreRefused
 
+from support.toolstack import XS_WRITE, Dom0Client, XenStoreRefused
 from xenguest_agent.xenstore import XenStore, XenStoreError, error_from_reply
 
 HOME = "/local/domain/0"

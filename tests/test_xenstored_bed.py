@@ -22,7 +22,6 @@ from support.xenstored import (
     unsanitise,
 )
 
-
 # --- round trips through Debian's CLI ------------------------------------------------------------
 
 def test_write_read_ls_round_trip(xenstored: Xenstored) -> None:

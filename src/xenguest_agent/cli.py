@@ -22,8 +22,16 @@ from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
-from xenguest_agent.config import (FREEBSD_CONFIG_PATH, FREEBSD_HOOKS_DIR, LINUX_CONFIG_PATH,
-                                   LINUX_HOOKS_DIR, LOG_LEVELS, Config, ConfigError, load_config)
+from xenguest_agent.config import (
+    FREEBSD_CONFIG_PATH,
+    FREEBSD_HOOKS_DIR,
+    LINUX_CONFIG_PATH,
+    LINUX_HOOKS_DIR,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    load_config,
+)
 from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host
 

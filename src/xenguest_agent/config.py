@@ -248,7 +248,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     top = {k: v for k, v in items.items() if k not in _SECTIONS}
     config = _apply(config, _TOP, top, source, "", also_known=tuple(_SECTIONS))
     assert isinstance(config, Config)
-    for section, (record_type, checks) in _SECTIONS.items():
+    for section, (_record_type, checks) in _SECTIONS.items():
         if section in items:
             section_items = _mapping(items[section][1], source, section)
             record = _apply(getattr(config, section), checks, section_items, source, f"{section}.")

@@ -42,8 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from xenguest_agent.trust import (UntrustedError, fd_executable, open_trusted_directory,
-                                  open_trusted_hook)
+from xenguest_agent.trust import UntrustedError, fd_executable, open_trusted_directory, open_trusted_hook
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ chroot of that directory, in a private mount namespace of an unprivileged user n
 every absolute path in the script (/etc/rc.subr, /usr/sbin/daemon, /var/run, /usr/local) is the
 model's and nothing on the host is touched.  The commands are started by a small init(8)
 model (init_main below): a child subreaper that reaps every orphan at once, as FreeBSD's init
-does, so a daemon that has exited is gone for kill -0 and pwait and not left a zombie.  /bin/sh is dash (FreeBSD's sh is an ash
-derivative); the host lends the dynamic libraries, python3 (the models' interpreter), /proc
-(read by the ps model) and a few plain utilities (cat, sleep, mkdir, mv, rm, env).
+does, so a daemon that has exited is gone for kill -0 and pwait and not left a zombie.
+/bin/sh is dash (FreeBSD's sh is an ash derivative); the host lends the dynamic libraries,
+python3 (the models' interpreter), /proc (read by the ps model) and a few plain utilities
+(cat, sleep, mkdir, mv, rm, env).
 
 Model state lives under /.model: the sysctl values, which rc.subr and daemon(8) revisions to
 model, the process titles the daemon model registers for ps, and what each run of the agent

@@ -93,7 +93,7 @@ def ensure_host_tools():
         run(["apt-get"] + lock + ["update", "-q"], env=env)
         run(["apt-get"] + lock + ["install", "-y", "-q", "--no-install-recommends"] + missing, env=env)
     except RuntimeError as exc:
-        raise BuildError("cannot install %s: %s" % (" ".join(missing), exc))
+        raise BuildError("cannot install %s: %s" % (" ".join(missing), exc)) from None
     still = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
     if still:
         raise BuildError("still missing after apt-get install: %s" % " ".join(still))
@@ -319,7 +319,8 @@ def build(cache_root, v, key):
                                           v["kernel_version"]))
     run(["apt-get", "download", "%s=%s" % (v["xen_pkg"], v["xen_version"]),
          "%s=%s" % (v["kernel_pkg"], v["kernel_version"])], cwd=debs)
-    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", os.path.join(work, "wheels"), PYXS])
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+         os.path.join(work, "wheels"), PYXS])
     ext = os.path.join(work, "pkgroot")
     for deb in os.listdir(debs):
         run(["dpkg-deb", "-x", os.path.join(debs, deb), ext])
@@ -382,7 +383,7 @@ def ensure_images(cache_root, force=False):
         try:
             build(cache_root, v, key)
         except RuntimeError as exc:
-            raise BuildError(str(exc))
+            raise BuildError(str(exc)) from None
         built = True
         # Older images are garbage now.
         for old in os.listdir(cache_root):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.host import Host
+
+if TYPE_CHECKING:
+    from xenguest_agent.backends.addresses import AddressSource
 
 SUPPORTED = ("linux", "freebsd")
 
@@ -14,7 +17,8 @@ class UnsupportedOS(Exception):
     """The running OS has no backend."""
 
 
-def select_backend(os_name: str, host: Host, addresses: Optional[object] = None) -> Backend:
+def select_backend(os_name: str, host: Host,
+                   addresses: "Optional[AddressSource]" = None) -> Backend:
     """The backend for ``os_name`` (``platform.system().lower()``), reading through ``host``.
 
     Backend modules are imported here, lazily, so importing the package does not
@@ -25,5 +29,5 @@ def select_backend(os_name: str, host: Host, addresses: Optional[object] = None)
         return LinuxBackend(host, addresses)
     if name == "freebsd":
         from xenguest_agent.backends.freebsd import FreeBSDBackend
-        return FreeBSDBackend(host, addresses)  # type: ignore[arg-type]
+        return FreeBSDBackend(host, addresses)
     raise UnsupportedOS(f"no backend for {os_name!r} (supported: {', '.join(SUPPORTED)})")

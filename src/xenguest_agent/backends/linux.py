@@ -12,8 +12,12 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, NetlinkAddresses
-from xenguest_agent.backends.base import (host_names_from, os_info_from_release, parse_os_release,
-                                          split_version)
+from xenguest_agent.backends.base import (
+    host_names_from,
+    os_info_from_release,
+    parse_os_release,
+    split_version,
+)
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
 
@@ -89,7 +93,8 @@ def parse_lsb_release(text: str, kernel: str) -> Optional[OsInfo]:
     if not ident:
         return None
     major, minor = split_version(fields.get("DISTRIB_RELEASE", ""))
-    name = fields.get("DISTRIB_DESCRIPTION") or f"{fields['DISTRIB_ID']} {fields.get('DISTRIB_RELEASE', '')}".strip()
+    name = (fields.get("DISTRIB_DESCRIPTION")
+            or f"{fields['DISTRIB_ID']} {fields.get('DISTRIB_RELEASE', '')}".strip())
     return OsInfo(name=name, distro=ident, major=major, minor=minor, kernel=kernel)
 
 
@@ -108,7 +113,7 @@ class LinuxBackend:
     default_xenstore = DEFAULT_XENSTORE
     #: drivers/xen/manage.c setup_shutdown_watcher writes feature-poweroff and
     #: feature-reboot, and feature-suspend with CONFIG_HIBERNATE_CALLBACKS.
-    kernel_features = ("poweroff", "reboot", "suspend")
+    kernel_features: Tuple[str, ...] = ("poweroff", "reboot", "suspend")
     unadvertised_features: Tuple[str, ...] = ()
 
     def __init__(self, host: Host, addresses: Optional[AddressSource] = None) -> None:

@@ -61,7 +61,7 @@ def run(cmd, timeout=180):
         return subprocess.run(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise Fail("timed out after %d s: %s" % (timeout, cmd))
+        raise Fail("timed out after %d s: %s" % (timeout, cmd)) from None
 
 
 def sh(cmd, timeout=180):
@@ -172,7 +172,7 @@ class Guest:
         try:
             val, _ = wait_for("guest command %r" % command, result, timeout + 20, 0.1)
         except Fail as exc:
-            raise Fatal(str(exc))
+            raise Fatal(str(exc)) from None
         _, rc, nchunks = val.split()
         data = "".join(xs_read("%s/test/out/%d" % (self.home, i)) or "" for i in range(int(nchunks)))
         out = base64.b64decode(data).decode("utf-8", "replace")
@@ -237,7 +237,8 @@ class Guest:
             have = last.get("tree", {})
             missing = [k for k in REQUIRED if k not in have]
             raise Fail("%s; missing %s; attr/vif/0/ipv4/0=%r" % (exc, missing or "nothing",
-                                                                  have.get("attr/vif/0/ipv4/0")))
+                                                                  have.get("attr/vif/0/ipv4/0"))) \
+                from None
 
     def facts(self):
         _, out = self.cmd("uname -r; grep MemTotal /proc/meminfo; . /etc/os-release; "
@@ -256,7 +257,7 @@ class Guest:
         cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
         start = int(fields[19]) / CLK_TCK
         alive = float(lines[2].split()[0]) - start
-        vm = {l.split(":")[0]: int(l.split()[1]) for l in lines[3:]}
+        vm = {line.split(":")[0]: int(line.split()[1]) for line in lines[3:]}
         return {"pid": pid, "cpu": cpu, "alive": alive, "start": start, "rss": vm.get("VmRSS"),
                 "hwm": vm.get("VmHWM")}
 

@@ -4,7 +4,6 @@ It is NOT the agent and proves nothing about it: every 2 s it rewrites a minimal
 boot, save/restore, migration and shutdown plumbing can be exercised before the real agent exists.
 """
 
-import os
 import platform
 import subprocess
 import time
