@@ -13,7 +13,7 @@ from xenguest_agent.config import ControlConfig
 from xenguest_agent.configcheck import MAX_GRACE
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "xenguest-agent.service"
-INSTALLED = "/opt/xenguest-agent/bin/xenguest-agent"
+INSTALLED = "/usr/bin/xenguest-agent"  # packaging/debian/rules, packaging/rpm/*.spec
 
 
 def load():
