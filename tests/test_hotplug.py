@@ -343,6 +343,15 @@ def test_a_refused_socket_is_reported(root: Path, caplog: pytest.LogCaptureFixtu
     assert any("cannot open the kernel uevent socket" in r.getMessage() for r in caplog.records)
 
 
+def test_no_netlink_means_no_source(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    # FreeBSD's Python has no socket.AF_NETLINK: open() declines, nothing raises
+    monkeypatch.delattr(socket, "AF_NETLINK")
+    events = HotplugEvents(Host(str(root)), policy())
+    assert events.open() is False and events.fileno() == -1
+    assert any("only on Linux" in r.getMessage() for r in caplog.records)
+
+
 def test_device_added_while_subscribing_is_onlined(root: Path) -> None:
     # between the start-up scan and the subscription an add would be neither "already
     # there" nor seen as an event: open() rescans after subscribing

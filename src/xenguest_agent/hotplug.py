@@ -15,13 +15,19 @@ the other way (``disable_hotplug_cpu``: ``device_offline`` sends ``offline``,
 
 Memory: the Xen balloon, built with CONFIG_XEN_BALLOON_MEMORY_HOTPLUG, adds
 memory above the boot size with ``add_memory_resource`` (``drivers/xen/balloon.c``
-``reserve_additional_memory``); that creates memory block devices (``add`` in
-subsystem ``memory``, ``drivers/base/memory.c``) which stay offline unless
-``/sys/devices/system/memory/auto_online_blocks`` says otherwise.  The agent
+``reserve_additional_memory``, which then waits, BP_WAIT, for the new pages to
+be onlined); that creates memory block devices (``add`` in subsystem ``memory``,
+``drivers/base/memory.c``: registered offline) which stay offline unless
+``/sys/devices/system/memory/auto_online_blocks`` is not ``offline``, in which
+case the kernel onlines them itself and the agent stays out.  The agent
 writes ``online`` to ``memoryN/state``, not ``online_movable``/``online_kernel``:
 Documentation/admin-guide/mm/memory-hotplug.rst ("Onlining Memory Blocks
 Manually") says ``online`` lets the kernel pick the zone by the administrator's
 configured ``online_policy``; forcing a zone is a policy the agent has no basis for.
+Writing ``1`` to an online CPU is accepted (drivers/base/core.c ``online_store``
+returns the count when ``device_online`` reports 1); writing ``online`` to an
+online block is refused with EINVAL (drivers/base/memory.c ``state_store``, once
+``store_mem_state``), so a failed write is judged by re-reading the state.
 
 Which blocks and CPUs: only those that *appear* while the agent runs (an
 ``add`` for a device the agent has not seen, or has seen removed).  A CPU the
@@ -121,7 +127,10 @@ def target(event: Uevent) -> tuple[str, int] | None:
 
 def open_uevent_socket(rcvbuf: int = 1 << 20) -> socket.socket:
     """A netlink socket subscribed to the kernel's uevent group (root not needed
-    to receive: the family is NL_CFG_F_NONROOT_RECV)."""
+    to receive: the family is NL_CFG_F_NONROOT_RECV).  OSError where there is no
+    netlink (Python defines AF_NETLINK on Linux only)."""
+    if not hasattr(socket, "AF_NETLINK"):
+        raise OSError(errno.EAFNOSUPPORT, "kernel uevents exist only on Linux")
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
     try:
         try:
