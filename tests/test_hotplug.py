@@ -107,6 +107,7 @@ def test_damaged_datagrams_are_reported(data: bytes, why: str) -> None:
     ("/devices/system/cpu/cpu4/cache/index0", "cpu"),    # below a CPU
     ("/devices/system/memory/memory4", "cpu"),           # subsystem and path disagree
     ("/devices/system/cpu/cpu1234567", "cpu"),           # absurd number
+    ("/devices/system/cpu/cpu01", "cpu"),                # not how the kernel names cpu1
     ("/devices/virtual/net/eth0", "net"),
 ])
 def test_other_devices_are_not_targets(devpath: str, subsystem: str) -> None:
@@ -419,6 +420,43 @@ def test_drains_in_bounded_steps(root: Path, source: tuple[HotplugEvents, Seam])
     assert readable(events.fileno())  # the rest waits for the next turn of the loop
     events.read_ready(1.0)
     assert not readable(events.fileno())
+
+
+def test_a_handler_bug_does_not_end_the_loop(root: Path, source: tuple[HotplugEvents, Seam],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    events, seam = source
+    hot_add_cpu(root, 3)
+    real = events.handle
+    calls: list[int] = []
+
+    def flaky(event: Uevent) -> Onlined | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return real(event)
+    monkeypatch.setattr(events, "handle", flaky)
+    seam.send(memory_event("add", 1))
+    seam.send(cpu_event("add", 3))
+    assert events.read_ready(1.0) == (Onlined(CPU, 3, "onlined"),)
+    assert any("handling the uevent add@/devices/system/memory/memory1 failed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_from_settings_reads_the_distro_rules(root: Path) -> None:
+    rules = root / "lib/udev/rules.d"
+    rules.mkdir(parents=True)
+    (rules / "40-vm-hotadd.rules").write_text(
+        'SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}="1"\n')
+    (root / "run/udev").mkdir(parents=True)
+    (root / "run/udev/control").write_text("")
+    events = HotplugEvents.from_settings(Host(str(root)), "auto", "auto")
+    assert (events.policy.online_cpus, events.policy.online_memory) == (False, True)
+    assert "40-vm-hotadd.rules" in events.policy.cpus.reason
+    forced = HotplugEvents.from_settings(Host(str(root)), True, "false")
+    assert (forced.policy.online_cpus, forced.policy.online_memory) == (True, False)
+    with pytest.raises(ValueError):
+        HotplugEvents.from_settings(Host(str(root)), "maybe")
 
 
 def test_uevent_get_returns_none_for_missing_keys() -> None:

@@ -55,7 +55,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from xenguest_agent.host import Host
-from xenguest_agent.hotplug_rules import HotplugPolicy
+from xenguest_agent.hotplug_rules import (
+    HotplugPolicy,
+    detect_distro_rules,
+    udev_running,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +73,10 @@ CPU_DIR = "/sys/devices/system/cpu"
 MEMORY_DIR = "/sys/devices/system/memory"
 AUTO_ONLINE = MEMORY_DIR + "/auto_online_blocks"
 
-_CPU_PATH = re.compile(r"/devices/system/cpu/cpu([0-9]{1,6})")
-_MEMORY_PATH = re.compile(r"/devices/system/memory/memory([0-9]{1,9})")
-_CPU_NAME = re.compile(r"cpu([0-9]{1,6})")
-_MEMORY_NAME = re.compile(r"memory([0-9]{1,9})")
+_CPU_PATH = re.compile(r"/devices/system/cpu/cpu(0|[1-9][0-9]{0,5})")
+_MEMORY_PATH = re.compile(r"/devices/system/memory/memory(0|[1-9][0-9]{0,8})")
+_CPU_NAME = re.compile(r"cpu(0|[1-9][0-9]{0,5})")
+_MEMORY_NAME = re.compile(r"memory(0|[1-9][0-9]{0,8})")
 
 CPU = "cpu"
 MEMORY = "memory"
@@ -200,6 +204,16 @@ class HotplugEvents:
         self._known: dict[str, set[int]] = {CPU: set(), MEMORY: set()}
         self._warned: set[str] = set()
 
+    @classmethod
+    def from_settings(cls, host: Host, online_cpus: str | bool = "auto",
+                      online_memory: str | bool = "auto") -> HotplugEvents:
+        """The source for the ``hotplug.online_cpus``/``online_memory`` settings,
+        reading the distribution's udev rules under ``host`` (ValueError for a
+        setting other than auto/true/false)."""
+        policy = HotplugPolicy.decide(online_cpus, online_memory,
+                                      detect_distro_rules(host), udev_running(host))
+        return cls(host, policy)
+
     def open(self) -> bool:
         if self._sock is not None:
             return True
@@ -248,7 +262,15 @@ class HotplugEvents:
             return ()
         if problems:
             self._warn_once("parse", "unreadable kernel uevent: %s (reported once)", problems[0])
-        done = [result for result in map(self.handle, events) if result is not None]
+        done: list[Onlined] = []
+        for event in events:
+            try:
+                result = self.handle(event)
+            except Exception:  # never raises by design; a bug must not end the loop
+                log.exception("handling the uevent %s@%s failed", event.action, event.devpath)
+                continue
+            if result is not None:
+                done.append(result)
         if overrun:
             log.info("kernel uevents were lost (ENOBUFS); rescanning CPUs and memory blocks")
             done.extend(self.rescan())
