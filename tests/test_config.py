@@ -324,3 +324,15 @@ def test_mutated_configs_end_in_a_config_error_or_a_config():
             parse_config("\n".join(lines), "f.yaml")
         except ConfigError:
             pass
+
+
+def test_hotplug_settings_accept_auto_and_booleans_and_refuse_others(tmp_path):
+    """hotplug.online_cpus / online_memory: auto, true or false (hotplug_rules.SETTINGS)."""
+    from xenguest_agent import cli
+    from xenguest_agent.config import parse_config
+
+    config = parse_config("hotplug:\n  online_cpus: false\n  online_memory: auto\n", "c.yaml")
+    assert (config.hotplug.online_cpus, config.hotplug.online_memory) == ("false", "auto")
+    bad = tmp_path / "config.yaml"
+    bad.write_text("hotplug:\n  online_cpus: sometimes\n")
+    assert cli.main(["show", "--config", str(bad), "--root", str(tmp_path)]) == 78

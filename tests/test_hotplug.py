@@ -461,3 +461,33 @@ def test_from_settings_reads_the_distro_rules(root: Path) -> None:
 
 def test_uevent_get_returns_none_for_missing_keys() -> None:
     assert Uevent("add", "/x", "cpu", (("A", "1"),)).get("B") is None
+
+
+def test_the_thread_beside_the_loop_onlines_and_stops(root: Path) -> None:
+    """HotplugThread: the onlining runs on a thread of its own (a memory block's online can
+    take a while and needs no XenStore), waiting in poll() until a uevent or stop()."""
+    from support.waiting import wait_for
+    from xenguest_agent.hotplug import HotplugThread
+
+    seam = Seam()
+    events = HotplugEvents(Host(str(root)), policy(),
+                           opener=lambda: seam)  # type: ignore[arg-type,return-value]
+    runner = HotplugThread(events)
+    try:
+        assert runner.start()
+        hot_add_cpu(root, 3)
+        seam.send(cpu_event("add", 3))
+        assert wait_for(lambda: sysfs(root, "cpu/cpu3/online").read_text() == "1", timeout=30)
+    finally:
+        runner.stop()
+        seam.close()
+    assert not runner._thread.is_alive() and events.fileno() == -1
+
+
+def test_the_thread_does_not_start_when_nothing_is_wanted(root: Path) -> None:
+    from xenguest_agent.hotplug import HotplugThread
+
+    runner = HotplugThread(HotplugEvents(Host(str(root)), policy(cpus=False, memory=False)))
+    assert runner.start() is False
+    runner.stop()
+    assert not runner._thread.is_alive()

@@ -165,9 +165,14 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
     if args.root == "/":  # a captured tree has no live kernel to listen to
         from xenguest_agent.netevents import NetworkEvents
         net_events = NetworkEvents(os_name=backend.name)
+    hotplug = None
+    if args.root == "/" and backend.name == "linux" and not args.once:
+        from xenguest_agent.hotplug import HotplugEvents, HotplugThread
+        hotplug = HotplugThread(HotplugEvents.from_settings(
+            Host(args.root), config.hotplug.online_cpus, config.hotplug.online_memory))
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
                     net_events=net_events, file_watch=FileWatch(Host(args.root), backend.name),
-                    notifier=Notifier.from_environ(os.environ))
+                    notifier=Notifier.from_environ(os.environ), hotplug=hotplug)
     log.info("xenguest-agent %s starting: %s backend, XenStore %s", __version__, backend.name, spec)
     try:
         store.connect()

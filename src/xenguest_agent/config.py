@@ -81,6 +81,15 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
+class HotplugConfig:
+    """Whether hot-added vCPUs and memory blocks are brought online (docs/control.md):
+    "auto" (only where no distribution udev rule does it), "true" or "false"."""
+
+    online_cpus: str = "auto"
+    online_memory: str = "auto"
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     """How ``control/shutdown`` requests are handled (see docs/control.md)."""
 
@@ -103,6 +112,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    hotplug: HotplugConfig = field(default_factory=HotplugConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     source: str = "<defaults>"
 
@@ -124,6 +134,7 @@ _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
         "static_vifs": valid.vif_map,
     }),
     "features": (FeatureConfig, {"balloon": valid.boolean, "hotplug": valid.boolean}),
+    "hotplug": (HotplugConfig, {"online_cpus": valid.tristate, "online_memory": valid.tristate}),
     "control": (ControlConfig, {
         "mode": valid.choice(*CONTROL_MODES),
         "grace": valid.number(0, MAX_GRACE),

@@ -84,6 +84,15 @@ def choice(*choices: str) -> Check:
     return check
 
 
+def tristate(value: Any) -> str:
+    """auto, true or false (YAML's booleans too): hotplug.online_cpus/online_memory."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+        return value.lower()
+    raise ValueError("expected auto, true or false")
+
+
 def optional(check: Check) -> Check:
     def wrapped(value: Any) -> Any:
         return None if value is None else check(value)

@@ -48,6 +48,7 @@ from xenguest_agent.config import Config
 from xenguest_agent.control import SHUTDOWN_KEY, Control
 from xenguest_agent.filewatch import FileWatch
 from xenguest_agent.hooks import Hooks
+from xenguest_agent.hotplug import HotplugThread
 from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
@@ -109,7 +110,8 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic,
                  suspended: Callable[[], float] = suspended_seconds,
                  file_watch: Optional[FileWatch] = None,
-                 notifier: Optional[Notifier] = None) -> None:
+                 notifier: Optional[Notifier] = None,
+                 hotplug: Optional[HotplugThread] = None) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
@@ -121,6 +123,7 @@ class Daemon:
         self.wakeup = Wakeup()
         self.sources = LoopSources(self.wakeup, net_events, file_watch)
         self.notifier = notifier if notifier is not None else Notifier(None)
+        self.hotplug = hotplug
         # flags set by producers (signal handlers, other threads); read and cleared by the loop
         self._stop_requested = False
         self._hup_requested = False
@@ -375,6 +378,8 @@ class Daemon:
             return 0
         self.notifier.ready()
         self.notifier.status(f"publishing to {self.store.spec}")
+        if self.hotplug is not None:
+            self.hotplug.start()
         if self.sources.open(ALL):
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
                      self.sources.net.name if self.sources.net is not None else "no",
@@ -393,6 +398,8 @@ class Daemon:
                 self.control.cancel()
             if self.hooks is not None:
                 self.hooks.cancel_all()
+            if self.hotplug is not None:
+                self.hotplug.stop()
             self.sources.close()
             self.notifier.close()
 

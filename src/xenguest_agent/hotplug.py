@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -357,3 +358,57 @@ class HotplugEvents:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message, *args)
+
+
+class HotplugThread:
+    """Runs :class:`HotplugEvents` beside the daemon's loop, on a thread of its own.
+
+    Bringing a CPU or a memory block online is a synchronous write into the kernel that can
+    take a while (the memory block is initialised), and it needs nothing from XenStore, so
+    it never runs on the loop.  The thread sleeps in poll() on the uevent socket and a stop
+    pipe: no wake-up while nothing is hot-plugged."""
+
+    def __init__(self, events: HotplugEvents) -> None:
+        import threading
+
+        self.events = events
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="xenguest-hotplug", daemon=True)
+
+    def start(self) -> bool:
+        """Open the uevent socket and start the thread; False when there is nothing to do."""
+        if not self.events.open():
+            self._close_pipe()
+            return False
+        self._thread.start()
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread.is_alive():
+            os.write(self._stop_w, b"\0")
+            self._thread.join(timeout)
+        self.events.close()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        for fd in (self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._stop_r = self._stop_w = -1
+
+    def _run(self) -> None:
+        import select
+        import time
+
+        poller = select.poll()
+        poller.register(self._stop_r, select.POLLIN)
+        poller.register(self.events.fileno(), select.POLLIN)
+        while True:
+            ready = [fd for fd, _ in poller.poll()]
+            if self._stop_r in ready:
+                return
+            self.events.read_ready(time.monotonic())
+            if self.events.fileno() == -1:  # failed for good (logged)
+                return
