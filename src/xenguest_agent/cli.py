@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
                           "or unix:/path/to/xenstored/socket")
     run.add_argument("--once", action="store_true", help="publish one full round and exit")
+
+    status = commands.add_parser(
+        "status", help="what XenCenter and Xen Orchestra show for this guest, and why "
+                       "(exit 1 when something xapi needs is missing)")
+    common(status)
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.add_argument("--xenstore", metavar="SPEC",
+                        help="device path or unix:/path/to/xenstored/socket (as for run)")
     return parser
 
 
@@ -169,6 +177,42 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
         store.close()
 
 
+def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
+    from xenguest_agent import guestprobe, status
+    from xenguest_agent.statefile import StateFile, state_path
+    from xenguest_agent.xenstore import XenStore, XenStoreUnavailable
+
+    host = Host(args.root)
+    try:
+        store = XenStore(spec)
+    except ValueError as exc:
+        sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
+        return EX_CONFIG
+    try:
+        store.connect()
+        home = status.read_home(store)
+        detected = status.pv_drivers_detected(store, home.tree)
+    except XenStoreUnavailable as exc:
+        sys.stderr.write(f"xenguest-agent: XenStore unavailable ({spec}): {exc}\n")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+    path = host.path(state_path(os_name))
+    state = StateFile.read(path)
+    pid = state.get("pid") if state else None
+    daemon = status.Daemon(path, state, isinstance(pid, int) and guestprobe.pid_alive(host, pid))
+    report = status.diagnose(home.tree, guestprobe.domain_type(host, os_name), detected,
+                             guestprobe.other_agents(host), daemon, tuple(home.unreadable),
+                             home.truncated)
+    if args.format == "json":
+        json.dump(status.to_json(report), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(status.to_text(report))
+    sys.stdout.flush()
+    return report.exit_status
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     os_name = _os_name(args.os)
@@ -188,4 +232,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec = getattr(args, "xenstore", None) or config.xenstore or backend.default_xenstore
     if args.command == "show":
         return _show(args, agent, spec)
+    if args.command == "status":
+        return _status(args, spec, backend.name)
     return _run(args, agent, config, spec, backend, config_path)
