@@ -93,3 +93,26 @@ def test_status_without_xenstore_exits_69(tmp_path: Path, capsys) -> None:  # ty
                      str(tmp_path), "--os", "linux", "--config", str(config)])
     assert code == os.EX_UNAVAILABLE == 69
     assert "XenStore unavailable" in capsys.readouterr().err
+
+
+def test_read_home_skips_a_node_it_may_not_read_and_stays_bounded(guest_domain: GuestDomain) -> None:
+    from xenguest_agent import status
+    from xenguest_agent.xenstore import XenStore
+
+    xs, home = guest_domain.xenstored, guest_domain.home
+    xs.write(f"{home}/data/os_name", "Debian")
+    xs.write(f"{home}/data/secret/inner", "x")
+    xs.chmod(f"{home}/data/secret", "n0", recursive=True)  # dom0's, no access for the guest
+    xs.write(f"{home}/data/updated", "1")
+    store = XenStore(guest_domain.spec)
+    store.connect()
+    try:
+        home_read = status.read_home(store)
+        assert ("data/secret", "EACCES") in home_read.unreadable
+        assert home_read.tree["data/os_name"] == "Debian"
+        assert home_read.tree["data/updated"] == "1"  # read on after the refusal
+        assert not any(k.startswith("data/secret") for k in home_read.tree)
+        small = status.read_home(store, max_nodes=3)
+        assert small.truncated and len(small.tree) == 3
+    finally:
+        store.close()

@@ -204,12 +204,16 @@ def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
     report = status.diagnose(home.tree, guestprobe.domain_type(host, os_name), detected,
                              guestprobe.other_agents(host), daemon, tuple(home.unreadable),
                              home.truncated)
-    if args.format == "json":
-        json.dump(status.to_json(report), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(status.to_text(report))
-    sys.stdout.flush()
+    text = (json.dumps(status.to_json(report), indent=2) + "\n" if args.format == "json"
+            else status.to_text(report))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `status | head`: as in _show
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
     return report.exit_status
 
 

@@ -19,7 +19,6 @@ from xenguest_agent.guestprobe import DomainType, OtherAgent
 from xenguest_agent.xapi import XapiView, read_guest
 from xenguest_agent.xapi_ops import Verdict, allowed_operations, drivers_key
 from xenguest_agent.xenstore import (
-    KEY_ERRORS,
     XenStore,
     XenStoreError,
     XenStoreUnavailable,
@@ -54,9 +53,7 @@ def _try(read: HomeRead, path: str, request: Any) -> tuple[bool, Any]:
         return True, request(path)
     except XenStoreUnavailable:
         raise
-    except XenStoreError as exc:
-        if exc.errno not in KEY_ERRORS:
-            raise
+    except XenStoreError as exc:  # about this node only (KEY_ERRORS and any other refusal)
         read.unreadable.append((path, _errname(exc.errno)))
         return False, None
 
