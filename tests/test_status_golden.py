@@ -19,8 +19,6 @@ Operations are compared as (op, allowed, deciding key, xapi error).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 
 from xenguest_agent import status
@@ -58,7 +56,7 @@ AGENT_TREE = {
 }
 
 
-def tree(**changes: Optional[str]) -> dict[str, str]:
+def tree(**changes: str | None) -> dict[str, str]:
     """AGENT_TREE with keys changed (``attr__PVAddons__MajorVersion=None`` removes one)."""
     out = dict(AGENT_TREE)
     for name, value in changes.items():
@@ -70,7 +68,7 @@ def tree(**changes: Optional[str]) -> dict[str, str]:
     return out
 
 
-def ops(report: status.Report) -> list[tuple[str, bool, str, Optional[str]]]:
+def ops(report: status.Report) -> list[tuple[str, bool, str, str | None]]:
     return [(v.op, v.allowed, v.key, v.error) for v in report.operations]
 
 
@@ -217,8 +215,8 @@ def test_each_missing_key_is_one_line(key: str, line: str) -> None:
 
 def test_a_memory_figure_rrdd_cannot_parse() -> None:
     report = status.diagnose(tree(data__meminfo_free="1.5G"), PV, False, (), RUNNING)
-    assert report.problems == ("data/meminfo_free is not an integer ('1.5G'): the VM's "
-                               "memory_internal_free RRD stays empty",)
+    assert report.problems == (("data/meminfo_free is not an integer ('1.5G'): the VM's "
+                               "memory_internal_free RRD stays empty"),)
 
 
 def test_unknown_domain_type_is_judged_as_hvm_and_said() -> None:
@@ -234,8 +232,8 @@ def test_another_agent_publishing_is_a_problem_an_installed_one_a_note() -> None
               OtherAgent("xen-guest-agent", None, "installed"))
     report = status.diagnose(AGENT_TREE, PV, False, others, RUNNING)
     assert report.problems == (
-        "xe-daemon is also publishing (process 321 (/usr/sbin/xe-daemon -p /run/xe-daemon.pid)): "
-        "it writes the same keys; stop one of the two agents",)
+        ("xe-daemon is also publishing (process 321 (/usr/sbin/xe-daemon -p /run/xe-daemon.pid)): "
+        "it writes the same keys; stop one of the two agents"),)
     assert "xen-guest-agent is installed (installed)" in report.notes
     assert report.exit_status == 1
 
@@ -249,8 +247,8 @@ def test_daemon_not_running_stale_state_and_refusals() -> None:
         "attr/vif/0/ipv4/0: xenstored refused the daemon's write (EDQUOT)")
     missing = status.diagnose(AGENT_TREE, PV, False, (), status.Daemon(STATE, None, False))
     assert missing.problems == (
-        f"{STATE} missing or unreadable: the xenguest-agent daemon is not running, so nothing "
-        "republishes after a migration or a change",)
+        (f"{STATE} missing or unreadable: the xenguest-agent daemon is not running, so nothing "
+        "republishes after a migration or a change"),)
     offline = status.Daemon(STATE, {"pid": 100, "connected": False, "xenstore": "/dev/xen/xenbus"}, True)
     assert status.diagnose(AGENT_TREE, PV, False, (), offline).problems == (
         f"{STATE}: the daemon is not connected to XenStore (/dev/xen/xenbus)",)

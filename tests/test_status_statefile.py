@@ -3,6 +3,8 @@ bounded, and read tolerantly by ``status``."""
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import os
 import stat
@@ -10,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from xenguest_agent.statefile import (FREEBSD_STATE_PATH, LINUX_STATE_PATH, MAX_FILE_BYTES,
-                                      MAX_REFUSED, MAX_TEXT, StateFile, state_path)
+from xenguest_agent.statefile import (
+    FREEBSD_STATE_PATH,
+    LINUX_STATE_PATH,
+    MAX_FILE_BYTES,
+    MAX_REFUSED,
+    MAX_TEXT,
+    StateFile,
+    state_path,
+    wall_clock,
+)
 
 
 def test_paths_per_os() -> None:
@@ -98,3 +108,18 @@ def test_read_drops_fields_of_the_wrong_type(tmp_path: Path) -> None:
     assert StateFile.read(str(path)) == {"started": "s", "refused": [["a", "EACCES"]]}
     path.write_text(json.dumps({"pid": True}))
     assert StateFile.read(str(path)) == {}
+
+
+def test_refusals_as_errno_numbers_are_stored_by_name(tmp_path: Path) -> None:
+    # the publisher reports (path, errno number): PublishResult.refused
+    path = tmp_path / "state.json"
+    StateFile(str(path)).update(refused=[("attr/vif/0/ipv4/0", errno.EDQUOT),
+                                         ("data/os_name", errno.EACCES), ("x", 99999)])
+    assert StateFile.read(str(path)) == {"refused": [["attr/vif/0/ipv4/0", "EDQUOT"],
+                                                     ["data/os_name", "EACCES"], ["x", "99999"]]}
+
+
+def test_wall_clock_is_iso_utc_whole_seconds() -> None:
+    stamp = wall_clock()
+    parsed = datetime.datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() == datetime.timedelta(0) and parsed.microsecond == 0

@@ -15,6 +15,8 @@ bounded: at most :data:`MAX_REFUSED` refusals, each path and value cut to
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import os
 import tempfile
@@ -36,6 +38,11 @@ def state_path(os_name: str) -> str:
     return FREEBSD_STATE_PATH if os_name == "freebsd" else LINUX_STATE_PATH
 
 
+def wall_clock() -> str:
+    """Now, as the file's times are written: ISO 8601, UTC, whole seconds."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def _text(value: object) -> str:
     return str(value)[:MAX_TEXT]
 
@@ -46,9 +53,9 @@ def _normal(name: str, value: Any) -> Any:
         return None if value is None else int(value)
     if name == "connected":
         return bool(value)
-    if name == "refused":
-        pairs = [[_text(path), _text(code)] for path, code in list(value)[:MAX_REFUSED]]
-        return pairs
+    if name == "refused":  # (path, errno number or name): stored as names ("EDQUOT")
+        return [[_text(path), _text(errno.errorcode.get(code, code) if isinstance(code, int) else code)]
+                for path, code in list(value)[:MAX_REFUSED]]
     return None if value is None else _text(value)
 
 
