@@ -116,3 +116,40 @@ def test_read_home_skips_a_node_it_may_not_read_and_stays_bounded(guest_domain: 
         assert small.truncated and len(small.tree) == 3
     finally:
         store.close()
+
+
+def test_status_names_a_stopped_daemon_a_stale_state_and_another_agent(
+        guest_domain: GuestDomain, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    guest_root = GuestRoot(tmp_path / "guest")
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    assert cli.main(["run", "--once", "--xenstore", guest_domain.spec, "--root",
+                     str(guest_root.root), "--os", "linux", "--config", str(config)]) == 0
+    root = _status_root(tmp_path, guest_domain.spec)
+    state = root / LINUX_STATE_PATH.lstrip("/")
+
+    def text_status() -> tuple[int, list[str]]:
+        capsys.readouterr()
+        code = cli.main(["status", "--xenstore", guest_domain.spec, "--root", str(root),
+                         "--os", "linux", "--config", str(config)])
+        out = capsys.readouterr().out.splitlines()
+        return code, out[out.index("missing:") + 1:] if "missing:" in out else []
+
+    assert text_status() == (0, [])
+    # a new StateFile starts afresh (as a starting daemon does): no process 999999999 under root
+    StateFile(str(state)).update(pid=999_999_999, last_publish="2026-01-01T00:00:01+00:00")
+    code, missing = text_status()
+    assert code == 1
+    assert missing == [(f"  {state}: the daemon (pid 999999999) is not running; it last "
+                       "published 2026-01-01T00:00:01+00:00")]
+    state.unlink()
+    code, missing = text_status()
+    assert code == 1 and missing[0].startswith(f"  {state} missing or unreadable: ")
+    StateFile(str(state)).update(pid=os.getpid(), connected=True)
+    (root / "proc/777").mkdir()
+    (root / "proc/777/comm").write_text("xe-daemon\n")
+    (root / "proc/777/cmdline").write_text("/usr/sbin/xe-daemon\0-p\0/var/run/xe-daemon.pid\0")
+    code, missing = text_status()
+    assert code == 1
+    assert missing == [("  xe-daemon is also publishing (process 777 (/usr/sbin/xe-daemon -p "
+                       "/var/run/xe-daemon.pid)): it writes the same keys; stop one of the two agents")]

@@ -60,8 +60,10 @@ def _normal(name: str, value: Any) -> Any:
 
 
 class StateFile:
-    """The daemon's writer: ``update(**fields)`` merges the fields into what it wrote last
-    and rewrites the file only when the result differs."""
+    """The daemon's writer: ``update(**fields)`` merges the fields into what this instance
+    wrote last and rewrites the file only when the result differs.  A new instance starts
+    afresh (a file left by an earlier daemon is replaced, not merged), so the daemon's first
+    update names every field it knows."""
 
     def __init__(self, path: str) -> None:
         self.path = path
