@@ -198,3 +198,44 @@ def test_a_wedged_loop_stops_the_watchdog_pings(xenstored, tmp_path):
         store.close()
         notify.close()
     assert not thread.is_alive()
+
+
+def test_the_state_file_follows_the_daemon_for_status(xenstored, tmp_path):
+    """The state `xenguest-agent status` reads (statefile.py): connected after the first
+    publish, the time of the last publish that changed something, the refusals of the last
+    full round, and connected=false while XenStore is away."""
+    from xenguest_agent.agent import Agent
+    from xenguest_agent.backends.addresses import CapturedAddresses
+    from xenguest_agent.backends.linux import LinuxBackend
+    from xenguest_agent.config import Config
+    from xenguest_agent.daemon import Daemon
+    from xenguest_agent.host import Host
+    from xenguest_agent.publisher import Publisher
+    from xenguest_agent.statefile import StateFile
+    from xenguest_agent.xenstore import XenStore
+
+    guest = GuestRoot(tmp_path / "guest")
+    host = Host(str(guest.root))
+    path = tmp_path / "run" / "state.json"
+    state = StateFile(str(path))
+    state.update(pid=os.getpid(), connected=False, refused=[])
+    config = Config(poll_interval=600, interval=600)
+    store = XenStore(xenstored.spec, timeout=1.0)
+    store.connect()
+    daemon = Daemon(Agent(LinuxBackend(host, CapturedAddresses(host)), config), store,
+                    Publisher(store), config, state=state)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: (StateFile.read(str(path)) or {}).get("connected") is True, timeout=30)
+        first = StateFile.read(str(path))
+        assert first["last_publish"] and first["refused"] == [] and first["pid"] == os.getpid()
+        xenstored.kill()
+        assert wait_for(lambda: StateFile.read(str(path))["connected"] is False, timeout=30)
+        xenstored.start()
+        assert wait_for(lambda: StateFile.read(str(path))["connected"] is True, timeout=30)
+    finally:
+        daemon.stop()
+        thread.join(30)
+        store.close()
+    assert not thread.is_alive()

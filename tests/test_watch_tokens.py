@@ -43,6 +43,9 @@ class FreeBSDWatchStore(MemStore):
     def on_event(self, callback: Callable[[str, str], None]) -> None:
         self.callback = callback
 
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        pass  # this store's connection never ends
+
     def watch(self, path: str, token: str) -> None:
         if token in self.watches:  # xs_dev_find_watch(u, token) != NULL -> EINVAL
             self.refused.append((path, token))

@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
                           "or unix:/path/to/xenstored/socket")
     run.add_argument("--once", action="store_true", help="publish one full round and exit")
+
+    status = commands.add_parser(
+        "status", help="what XenCenter and Xen Orchestra show for this guest, and why "
+                       "(exit 1 when something xapi needs is missing)")
+    common(status)
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.add_argument("--xenstore", metavar="SPEC",
+                        help="device path or unix:/path/to/xenstored/socket (as for run)")
     return parser
 
 
@@ -153,12 +161,13 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
     defaults = backend.power_commands() if args.root == "/" else {}
     commands = {**defaults, **dict(config.control.commands)}
     # the kernel's flags survive a restart of the agent in /run (not on a captured tree)
-    state = None
+    features_state = None
     if args.root == "/":
-        state = ("/var/run" if backend.name == "freebsd" else "/run") + \
+        features_state = ("/var/run" if backend.name == "freebsd" else "/run") + \
             "/xenguest-agent/kernel-features"
     control = Control(config.control, commands, hooks, backend.kernel_features,
-                      backend.unadvertised_features, time.monotonic, state_path=state)
+                      backend.unadvertised_features, time.monotonic,
+                      state_path=features_state)
     if args.root == "/" and config.control.pm_freeze_timeout and not args.once:
         backend.tune_suspend(config.control.pm_freeze_timeout)
     net_events = None
@@ -170,9 +179,19 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
         from xenguest_agent.hotplug import HotplugEvents, HotplugThread
         hotplug = HotplugThread(HotplugEvents.from_settings(
             Host(args.root), config.hotplug.online_cpus, config.hotplug.online_memory))
+    state = None
+    if args.root == "/" and not args.once:  # for `xenguest-agent status`; never a captured tree's
+        from xenguest_agent.statefile import StateFile, state_path, wall_clock
+        state = StateFile(state_path(backend.name))
+        try:
+            state.update(pid=os.getpid(), version=__version__, started=wall_clock(),
+                         connected=False, xenstore=spec, refused=[])
+        except OSError as exc:
+            log.warning("cannot write the state file %s: %s", state.path, exc)
+            state = None
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
                     net_events=net_events, file_watch=FileWatch(Host(args.root), backend.name),
-                    notifier=Notifier.from_environ(os.environ), hotplug=hotplug)
+                    notifier=Notifier.from_environ(os.environ), hotplug=hotplug, state=state)
     log.info("xenguest-agent %s starting: %s backend, XenStore %s", __version__, backend.name, spec)
     try:
         store.connect()
@@ -184,6 +203,46 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
         return EX_UNAVAILABLE
     finally:
         store.close()
+
+
+def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
+    from xenguest_agent import guestprobe, status
+    from xenguest_agent.statefile import StateFile, state_path
+    from xenguest_agent.xenstore import XenStore, XenStoreUnavailable
+
+    host = Host(args.root)
+    try:
+        store = XenStore(spec)
+    except ValueError as exc:
+        sys.stderr.write(f"xenguest-agent: --xenstore: {exc}\n")
+        return EX_CONFIG
+    try:
+        store.connect()
+        home = status.read_home(store)
+        detected = status.pv_drivers_detected(store, home.tree)
+    except XenStoreUnavailable as exc:
+        sys.stderr.write(f"xenguest-agent: XenStore unavailable ({spec}): {exc}\n")
+        return EX_UNAVAILABLE
+    finally:
+        store.close()
+    path = host.path(state_path(os_name))
+    state = StateFile.read(path)
+    pid = state.get("pid") if state else None
+    daemon = status.Daemon(path, state, isinstance(pid, int) and guestprobe.pid_alive(host, pid))
+    report = status.diagnose(home.tree, guestprobe.domain_type(host, os_name), detected,
+                             guestprobe.other_agents(host), daemon, tuple(home.unreadable),
+                             home.truncated)
+    text = (json.dumps(status.to_json(report), indent=2) + "\n" if args.format == "json"
+            else status.to_text(report))
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `status | head`: as in _show
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
+    return report.exit_status
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -205,4 +264,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec = getattr(args, "xenstore", None) or config.xenstore or backend.default_xenstore
     if args.command == "show":
         return _show(args, agent, spec)
+    if args.command == "status":
+        return _status(args, spec, backend.name)
     return _run(args, agent, config, spec, backend)

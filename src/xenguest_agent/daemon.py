@@ -23,14 +23,13 @@ retried with a short exponential backoff (a local socket or device is cheap to
 try) and followed by a full republish, because a restarted xenstored has an
 empty tree.  Signals are served while disconnected.
 
-Resume and migration: the guest's XenStore tree is not migrated, so after a
-restore or migration every key is gone and the domain may have a new domid.
-Signs, any of which triggers a full republish and the post-resume hooks:
-``unique-domain-id`` changed (xenopsd writes a new one; CA-30811), ``domid``
-changed (plain xl: a restore or migration makes a new domain), or the clock
-jumped (CLOCK_BOOTTIME advances over a suspend, CLOCK_MONOTONIC does not: a
-checkpoint or a suspend/resume in place keeps domid).  After a resume the
-kernel re-registers every watch of the xenbus device and each fires once.
+Resume and migration (resume.py): after a restore or a migration the tree is
+empty and the domain may be new; any sign of it means a full republish and the
+post-resume (and post-migrate) hooks.  After a resume the kernel re-registers
+every watch of the xenbus device and each fires once.
+
+What the daemon is doing is kept in a small state file under /run for
+``xenguest-agent status`` (statefile.py), rewritten only when it changes.
 """
 
 from __future__ import annotations
@@ -52,16 +51,14 @@ from xenguest_agent.hotplug import HotplugThread
 from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
+from xenguest_agent.resume import DOMID, UNIQUE_DOMAIN_ID, ResumeDetector, suspended_seconds
 from xenguest_agent.sdnotify import Notifier
+from xenguest_agent.statefile import StateFile, wall_clock
 from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Written by xenopsd at domain creation, before unpausing (CA-30811), and new
-#: on every resume or migration.  Plain xl/libxl does not write it.
-UNIQUE_DOMAIN_ID = "unique-domain-id"
-DOMID = "domid"
 
 def watch_token(path: str) -> str:
     """The token of the watch on ``path``: one token per watch, never shared.  FreeBSD's
@@ -86,19 +83,7 @@ BACKOFF_MAX = 2.0
 #: as "anything may have changed" (a full check) instead of growing.
 WATCH_BACKLOG = 1024
 
-#: A gap between CLOCK_BOOTTIME and CLOCK_MONOTONIC that grew by more than this
-#: means the domain was suspended (the loop never sleeps this long unnoticed).
-SUSPEND_JUMP = 2.0
-
 ALL = frozenset(COLLECTORS)
-
-
-def suspended_seconds() -> float:
-    """Time spent suspended since boot (Linux: BOOTTIME - MONOTONIC); 0 where unknown."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is None:
-        return 0.0
-    return time.clock_gettime(boottime) - time.monotonic()
 
 
 class Daemon:
@@ -111,7 +96,8 @@ class Daemon:
                  suspended: Callable[[], float] = suspended_seconds,
                  file_watch: Optional[FileWatch] = None,
                  notifier: Optional[Notifier] = None,
-                 hotplug: Optional[HotplugThread] = None) -> None:
+                 hotplug: Optional[HotplugThread] = None,
+                 state: Optional[StateFile] = None) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
@@ -119,7 +105,8 @@ class Daemon:
         self.control = control
         self.hooks = hooks
         self.clock = clock
-        self.suspended = suspended
+        self.resume = ResumeDetector(suspended)
+        self.state = state
         self.wakeup = Wakeup()
         self.sources = LoopSources(self.wakeup, net_events, file_watch)
         self.notifier = notifier if notifier is not None else Notifier(None)
@@ -128,6 +115,7 @@ class Daemon:
         self._stop_requested = False
         self._hup_requested = False
         self._watch_overflow = False
+        self._connection_ended = False
         self._watch_events: Deque[Tuple[str, str]] = collections.deque()
         # loop state
         self._stopping = False
@@ -137,8 +125,6 @@ class Daemon:
         self._dirty: Set[str] = set()
         self._full = False
         self._repair = False
-        self._domain: Tuple[Optional[str], Optional[str]] = (None, None)
-        self._suspended_base = suspended()
         self.rounds = 0
         self.resumes = 0
         self._jobs_done = False
@@ -157,6 +143,10 @@ class Daemon:
             self._watch_overflow = True
         else:
             self._watch_events.append((path, token))
+        self.wakeup.wake()
+
+    def _on_connection_ended(self) -> None:  # on a XenStore connection's thread
+        self._connection_ended = True
         self.wakeup.wake()
 
     def _on_jobs_done(self) -> None:  # on a hook job's thread
@@ -180,19 +170,6 @@ class Daemon:
 
     # --- XenStore session ----------------------------------------------------------------
 
-    def _read_key(self, path: str) -> Optional[str]:
-        """A read whose refusal concerns this key only (None, logged)."""
-        try:
-            return self.store.read(path)
-        except XenStoreUnavailable:
-            raise
-        except XenStoreError as exc:
-            log.warning("cannot read %s: %s", path, exc)
-            return None
-
-    def _read_domain(self) -> Tuple[Optional[str], Optional[str]]:
-        return self._read_key(DOMID), self._read_key(UNIQUE_DOMAIN_ID)
-
     def _watch(self, path: str) -> None:
         """One watch; a refusal about this path is logged and the others still go."""
         try:
@@ -206,6 +183,7 @@ class Daemon:
         """Watches first (nothing that can fail for one key comes before them), then a
         full publish: the tree may be empty or someone else's."""
         self.store.on_event(self._on_watch)
+        self.store.on_lost(self._on_connection_ended)
         if self.control is not None:
             self._watch(SHUTDOWN_KEY)
         self._watch(DOMID)
@@ -214,16 +192,31 @@ class Daemon:
             self.publisher.expect_event(path)  # a new watch fires once: not a change
             self._watch(path)
         self._connected = True
-        self._domain = self._read_domain()
+        self.resume.start(self.store)
         if self.control is not None:
             self.control.learn(self.store)
         self._full = True
         self._publish_dirty()
+        self._record(connected=True)
+
+    def _record(self, **fields: object) -> None:
+        """Keep the state file current (for ``status``); never worth stopping for."""
+        if self.state is None:
+            return
+        try:
+            self.state.update(**fields)
+        except OSError as exc:
+            log.warning("cannot write the state file %s: %s", self.state.path, exc)
+            self.state = None
 
     def _publish(self, only: Optional[Tuple[str, ...]] = None) -> None:
         extra = self.control.advertised() if self.control is not None else None
-        self.agent.publish(self.store, self.publisher, extra, only)
+        result = self.agent.publish(self.store, self.publisher, extra, only)
         self.rounds += 1
+        if result.changed:
+            self._record(last_publish=wall_clock())
+        if only is None:  # a full round: the refusals it saw are all there are
+            self._record(refused=result.refused)
 
     def _publish_dirty(self) -> None:
         """One publish for everything pending: a full republish, collectors to re-run,
@@ -245,6 +238,7 @@ class Daemon:
         self._connected = False
         self._backoff = BACKOFF_FIRST
         self._next_reconnect = self.clock()
+        self._record(connected=False)
 
     def _try_reconnect(self) -> None:
         try:
@@ -279,37 +273,19 @@ class Daemon:
     # --- resume and migration ------------------------------------------------------------
 
     def _check_resume(self, clock_jump: bool = False) -> None:
-        """Compare domid and unique-domain-id with what the session started with."""
-        old_domid, old_uuid = self._domain
-        domid, uuid = self._read_domain()
-        if (domid, uuid) == self._domain and not clock_jump:
+        resumed = self.resume.check(self.store, clock_jump)
+        if resumed is None:
             return
-        self._domain = (domid, uuid)
-        migrated = domid != old_domid
         self.resumes += 1
-        log.info("domain resumed%s (domid %s -> %s, unique-domain-id %s -> %s%s): "
-                 "republishing everything", " in a new domain" if migrated else "",
-                 old_domid, domid, old_uuid, uuid, ", clock jumped" if clock_jump else "")
         if self.control is not None:
             self.control.forget()
             self.control.learn(self.store)
         self._full = True
         self._publish_dirty()
         if self.hooks is not None:
-            details = {"old_domid": old_domid or "", "new_domid": domid or "",
-                       "unique_domain_id": uuid or "", "old_unique_domain_id": old_uuid or ""}
-            self.hooks.start("post-resume", details)
-            if migrated:
-                self.hooks.start("post-migrate", details)
-
-    def _check_clock(self) -> None:
-        now = self.suspended()
-        if now - self._suspended_base > SUSPEND_JUMP:
-            log.info("the clock jumped %.1fs: the domain was suspended", now - self._suspended_base)
-            self._suspended_base = now
-            self._guarded(lambda: self._check_resume(clock_jump=True))
-        else:
-            self._suspended_base = max(self._suspended_base, now)
+            self.hooks.start("post-resume", resumed.hook_details())
+            if resumed.migrated:
+                self.hooks.start("post-migrate", resumed.hook_details())
 
     # --- one wake-up's worth of work -----------------------------------------------------
 
@@ -338,6 +314,10 @@ class Daemon:
             self._hup_requested = False
             log.info("SIGHUP: full republish")
             self._full = True
+        if self._connection_ended:  # xenstored closed a connection (or we did)
+            self._connection_ended = False
+            if self._connected and not (self.store.connected and self.store.watching):
+                self._lost(XenStoreUnavailable("XenStore closed the connection"))
         domain, control = self._take_watch_events()
         if domain:
             self._guarded(self._check_resume)
@@ -419,7 +399,8 @@ class Daemon:
                 if now >= self._next_reconnect:
                     self._try_reconnect()
             else:
-                self._check_clock()
+                if self.resume.clock_jumped():
+                    self._guarded(lambda: self._check_resume(clock_jump=True))
                 self._control_deadline(now)
                 if next_sweep is not None and now >= next_sweep:
                     self._dirty |= ALL  # the safety sweep: collect and compare everything

@@ -27,7 +27,7 @@ stands for xenstored's listing order; only failure cases depend on it (see ``_ne
 
 Not modelled: xenopsd's byte quota on the snapshot (by default far above what a
 guest agent writes), its UTF-8 recoding (values are taken as given), Windows ``drivers/N``
-version strings, and what xapi derives from PV_drivers_version for allowed operations.
+version strings; allowed operations are in :mod:`xenguest_agent.xapi_ops`.
 """
 
 from __future__ import annotations

@@ -182,6 +182,9 @@ class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
     (the reason is kept for the error message) instead of a thread traceback."""
 
     failure: Optional[str] = None
+    #: Called on the router's thread when it ends, whatever the reason: an idle daemon
+    #: learns at once that xenstored went away (XenStore.on_lost).
+    ended: Optional[Callable[[], None]] = None
 
     def __call__(self) -> None:
         try:
@@ -189,6 +192,9 @@ class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
         except Exception as exc:  # the thread must end quietly; callers see is_alive() False
             self.failure = f"{type(exc).__name__}: {exc}"
             log.debug("xenstore router for %s stopped: %s", self.connection.path, self.failure)
+        finally:
+            if self.ended is not None:
+                self.ended()
 
 
 class _Sink:
@@ -257,6 +263,7 @@ class XenStore:
         self.timeout = timeout
         self._router: Optional[_Router] = None
         self._watch_router: Optional[_Router] = None
+        self._lost_callback: Optional[Callable[[], None]] = None
         self._callback: Optional[EventCallback] = None
 
     def __repr__(self) -> str:
@@ -280,6 +287,7 @@ class XenStore:
         connection = (UnixSocketConnection(self.path) if self.kind == "unix"
                       else XenBusConnection(self.path))
         router = _Router(connection)
+        router.ended = self._lost_callback
         try:
             router.start()
         except (PyXSError, OSError) as exc:
@@ -402,6 +410,11 @@ class XenStore:
         raise XenStoreError(errno.EAGAIN, f"transaction kept conflicting after {attempts} attempts")
 
     # --- watches -------------------------------------------------------------------------
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Called (on a connection's own thread) when a connection ends, including by
+        :meth:`close`; the callee checks :attr:`connected` and :attr:`watching`."""
+        self._lost_callback = callback
 
     def on_event(self, callback: EventCallback) -> None:
         """Where watch events go: ``callback(path, token)``, on the watch thread."""
