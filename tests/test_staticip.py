@@ -13,21 +13,32 @@ written or removed).  xapi's checks before them: ocaml/xapi/xapi_vif.ml
 from __future__ import annotations
 
 import ipaddress
-from typing import Dict, List, Optional
 
 import pytest
 
 from xenguest_agent.facts import Interface
 from xenguest_agent.host import CommandResult, Host
-from xenguest_agent.staticip import FEATURE_KEY, Refusal, StaticIpManager, match_nic, parse_setting
+from xenguest_agent.staticip import (
+    FEATURE_KEY,
+    Refusal,
+    StaticIpManager,
+    match_nic,
+    parse_setting,
+)
 from xenguest_agent.staticip.linux import Networkd
-from xenguest_agent.staticip.setting import AUTOMATIC, STATIC, UNSPECIFIED, NicConfig, parse_state
+from xenguest_agent.staticip.setting import (
+    AUTOMATIC,
+    STATIC,
+    UNSPECIFIED,
+    NicConfig,
+    parse_state,
+)
 
 MAC = "00:16:3e:5a:01:02"
 BASE = "xenserver/device/vif/0/static-ip-setting"
 
 
-def plug(**extra: str) -> Dict[str, str]:
+def plug(**extra: str) -> dict[str, str]:
     """What xenstore_of_static_ip_setting writes for an unspecified VIF, plus overrides."""
     keys = {"mac": MAC, "error-code": "0", "error-msg": "", "enabled": "0", "enabled6": "0"}
     keys.update(extra)
@@ -89,7 +100,7 @@ def test_uppercase_mac_is_normalised() -> None:
     (plug(enabled6="1", address6="2001:db8::1/64", gateway6="192.0.2.1"), "not an IPv6 address"),
     (plug(mac="00:16:3e:zz:00:01"), "not a MAC address"),
 ])
-def test_malformed_values_are_refused_with_code_two(values: Dict[str, str], fragment: str) -> None:
+def test_malformed_values_are_refused_with_code_two(values: dict[str, str], fragment: str) -> None:
     with pytest.raises(Refusal) as caught:
         parse_setting(values)
     assert caught.value.code == "2"
@@ -142,8 +153,8 @@ def test_an_interface_known_to_be_another_vif_is_not_taken_by_mac() -> None:
 # --- the manager ------------------------------------------------------------------------------
 
 class Recorder:
-    def __init__(self, fail: Optional[str] = None) -> None:
-        self.calls: List[List[str]] = []
+    def __init__(self, fail: str | None = None) -> None:
+        self.calls: list[list[str]] = []
         self.fail = fail
 
     def __call__(self, argv, timeout=5.0):  # type: ignore[no-untyped-def]
@@ -155,17 +166,17 @@ class Recorder:
 class Store:
     """A dict standing in for XenStore at the daemon seam (read/ls/write/rm)."""
 
-    def __init__(self, keys: Dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str]) -> None:
         self.keys = dict(keys)
 
-    def read(self, path: str) -> Optional[str]:
+    def read(self, path: str) -> str | None:
         return self.keys.get(path)
 
-    def ls(self, path: str) -> Optional[List[str]]:
+    def ls(self, path: str) -> list[str] | None:
         children = {k[len(path) + 1:].split("/")[0] for k in self.keys if k.startswith(path + "/")}
         return sorted(children) if children else None
 
-    def apply(self, out: Dict[str, Optional[str]]) -> None:
+    def apply(self, out: dict[str, str | None]) -> None:
         for path, value in out.items():
             if value is None:
                 self.keys.pop(path, None)
@@ -173,7 +184,7 @@ class Store:
                 self.keys[path] = value
 
 
-def vif0(**extra: str) -> Dict[str, str]:
+def vif0(**extra: str) -> dict[str, str]:
     return {f"{BASE}/{k}": v for k, v in plug(**extra).items()}
 
 
@@ -181,7 +192,7 @@ def manager(tmp_path, runner: Recorder, interfaces=(ETH0, ETH1), enabled: bool =
     return StaticIpManager(Host(str(tmp_path), runner), lambda: list(interfaces), enabled, Networkd())
 
 
-def drive(mgr: StaticIpManager, store: Store) -> List[str]:
+def drive(mgr: StaticIpManager, store: Store) -> list[str]:
     names = []
     for job in mgr.on_change(store.read, store.ls):
         job.run()

@@ -139,7 +139,7 @@ class NetworkManager:
 
 
 _IFACE = re.compile(r"^\s*iface\s+(\S+)\s+(inet6?)\b")
-_SOURCES = re.compile(r"^\s*source(-directory)?\s+(/etc/network/)?interfaces\.d(/\*)?\s*$")
+_SOURCE = re.compile(r"^\s*source(?:-directory)?\s+(\S+?)(?:/\*)?\s*$")
 
 
 class Ifupdown:
@@ -184,8 +184,9 @@ class Ifupdown:
             if path == ours:
                 continue
             for line in (host.read_text(path) or "").splitlines():
-                if path == self.main and _SOURCES.match(line):
-                    sourced = True
+                source = _SOURCE.match(line) if path == self.main else None
+                if source and source.group(1) in (self.directory, "interfaces.d", host.path(self.directory)):
+                    sourced = True  # interfaces(5): relative to the file's directory
                 found = _IFACE.match(line)
                 if found and found.group(1) == nic.name:
                     return (f"{nic.name} is already configured in {path} ({found.group(2)}); "
