@@ -265,17 +265,18 @@ def test_freebsd_static_then_again_then_back_to_dhcp(tmp_path: Path) -> None:
     rc = FreeBsdRcConf()
     steps = rc.plan(host, XN0, NicConfig(), STATIC)
     assert [list(s.argv) for s in steps] == [
+        ["service", "netif", "stop", "xn0"],
         ["sysrc", "ifconfig_xn0=inet 192.0.2.10/24"],
         ["sysrc", "defaultrouter=192.0.2.1"],
         ["sysrc", "ifconfig_xn0_ipv6=inet6 2001:db8::10/64"],
         ["sysrc", "ipv6_defaultrouter=2001:db8::1"],
-        ["service", "netif", "restart", "xn0"],
+        ["service", "netif", "start", "xn0"],
         ["service", "routing", "restart"],
     ]
     sysrc(host, steps)
     assert rc.plan(host, XN0, STATIC, STATIC) == ()
     back = rc.plan(host, XN0, STATIC, DHCP)
-    assert [list(s.argv) for s in back][:4] == [
+    assert [list(s.argv) for s in back][1:5] == [
         ["sysrc", "ifconfig_xn0=DHCP"], ["sysrc", "-x", "defaultrouter"],
         ["sysrc", "ifconfig_xn0_ipv6=inet6 accept_rtadv"], ["sysrc", "-x", "ipv6_defaultrouter"]]
     sysrc(host, back)
@@ -304,5 +305,49 @@ def test_rc_values_reads_as_sh_would() -> None:
 
 def test_freebsd_variable_names_follow_rc_subr() -> None:
     steps = FreeBsdRcConf().plan(Host("/nonexistent"), Nic("vlan0.5", None), NicConfig(), V4_ONLY)
-    assert steps[0] == Run(("sysrc", "ifconfig_vlan0_5=inet 198.51.100.7/25"))
+    assert steps[1] == Run(("sysrc", "ifconfig_vlan0_5=inet 198.51.100.7/25"))
 
+
+
+def test_networkd_file_applied_by_the_real_systemd_networkd(tmp_path: Path, netns: str) -> None:
+    """Debian's systemd-networkd reads our generated file (bind-mounted over
+    /etc/systemd/network in a private mount namespace) inside a network namespace
+    and configures the link it matches by MAC and name.  networkctl needs D-Bus,
+    absent here, so networkd is started after the file is written (its start-up
+    does what ``reload`` + ``reconfigure`` do); /sys is remounted read-only and
+    /run/systemd/container written so networkd does not wait for udev (systemd
+    src/shared/udev-util.c ``udev_available``, src/basic/virt.c ``detect_container``)."""
+    import os
+    import signal
+    import time
+
+    daemon = "/lib/systemd/systemd-networkd"
+    if not os.path.exists(daemon) or shutil.which("unshare") is None:
+        pytest.fail("systemd (systemd-networkd) and util-linux (unshare) are required", pytrace=False)
+    _ip(netns, "link", "add", "eth0", "address", NIC.mac or "", "type", "veth", "peer", "name", "peer0")
+    _ip(netns, "link", "set", "peer0", "up")
+    host = Host(str(tmp_path), Recorder())
+    execute(host, Networkd().plan(host, NIC, NicConfig(), config(enabled="1", address="192.0.2.10/24",
+                                                                  gateway="192.0.2.1", enabled6="0")))
+    network = tmp_path / "etc/systemd/network"
+    script = (f"mount --bind {network} /etc/systemd/network && mount -t tmpfs tmpfs /run/systemd && "
+              "echo docker > /run/systemd/container && mkdir /run/systemd/netif && "
+              "chown systemd-network:systemd-network /run/systemd/netif && "
+              f"exec ip netns exec {netns} sh -c 'mount -o remount,ro /sys && exec {daemon}'")
+    with open(tmp_path / "networkd.log", "wb") as log:
+        proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60  # failure guard only: the machine is shared
+        while "192.0.2.10/24" not in _ip(netns, "-4", "addr", "show", "dev", "eth0"):
+            assert proc.poll() is None, (tmp_path / "networkd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (tmp_path / "networkd.log").read_text()[-2000:]
+            time.sleep(0.1)
+        while "default via 192.0.2.1 dev eth0" not in _ip(netns, "-4", "route", "show"):
+            assert time.monotonic() < deadline, (tmp_path / "networkd.log").read_text()[-2000:]
+            time.sleep(0.1)
+        assert "eth0: Configuring with /etc/systemd/network/10-xenguest-agent-eth0.network" in \
+            (tmp_path / "networkd.log").read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -6,8 +6,8 @@ or the keyword ``DHCP``; ``ifconfig_IF_ipv6`` holds ``inet6 ADDR/PREFIX`` or
 gateways.  rc.subr's ``ltr`` turns ``.``, ``-``, ``/`` and ``+`` of an
 interface name into ``_`` in those variable names (freebsd/freebsd-src
 libexec/rc/network.subr ``get_if_var``).  sysrc(8): ``NAME=VALUE`` sets,
-``-x NAME`` removes.  service(8): ``netif restart IF`` reconfigures the
-interface, ``routing restart`` the routes.
+``-x NAME`` removes.  service(8) runs rc.d/netif with ``stop IF`` (before the
+change) and ``start IF`` (after), then rc.d/routing ``restart`` for the routes.
 
 Current values are read from /etc/rc.conf through the Host root (the last
 assignment wins, as when sh sources it), so the same setting twice changes
@@ -81,5 +81,8 @@ class FreeBsdRcConf:
                 steps.append(Run(("sysrc", "-x", key)))
         if not steps:
             return ()
-        return (*steps, Run(("service", "netif", "restart", nic.name)), Run(("service", "routing", "restart")))
+        # stop with the old values (so what they started, dhclient for DHCP, is stopped), start
+        # with the new ones
+        return (Run(("service", "netif", "stop", nic.name), check=False), *steps,
+                Run(("service", "netif", "start", nic.name)), Run(("service", "routing", "restart")))
 
