@@ -320,3 +320,33 @@ def test_detect_picks_the_running_manager(tmp_path) -> None:  # type: ignore[no-
     assert type(detect(host)).__name__ == "Networkd"
     touch("/run/NetworkManager/devices", "/usr/bin/nmcli")
     assert type(detect(host)).__name__ == "NetworkManager"
+
+
+def test_a_nic_not_there_yet_keeps_the_request_until_it_appears(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """At boot xenopsd writes the keys at VIF plug, possibly before the guest's
+    interface exists: the agent reports 101 (the Windows agent's code for it) but
+    keeps enabled, so the setting is applied once the interface shows up."""
+    present: list[Interface] = []
+    runner = Recorder()
+    mgr = StaticIpManager(Host(str(tmp_path), runner), lambda: list(present), True, Networkd())
+    store = Store(vif0(enabled="1", address="192.0.2.10/24"))
+    assert drive(mgr, store) == ["-"]
+    assert store.keys[f"{BASE}/error-code"] == "101"
+    assert store.keys[f"{BASE}/enabled"] == "1"
+    # nothing changed: no job, so no write that would fire the watch again
+    assert mgr.on_change(store.read, store.ls) == []
+    present.append(ETH0)
+    assert drive(mgr, store) == ["eth0"]
+    assert store.keys[f"{BASE}/error-code"] == "0"
+    assert f"{BASE}/enabled" not in store.keys
+    assert runner.calls[-1] == ["networkctl", "reconfigure", "eth0"]
+
+
+def test_finish_writes_only_what_changes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """error-code 0 and error-msg "" are already there from the plug: rewriting them
+    would fire every watcher for nothing."""
+    store = Store(vif0(enabled="2", enabled6="2"))
+    mgr = manager(tmp_path, Recorder())
+    [job] = mgr.on_change(store.read, store.ls)
+    job.run()
+    assert mgr.finish(job, store.read) == {f"{BASE}/enabled": None, f"{BASE}/enabled6": None}

@@ -158,6 +158,9 @@ class StaticIpManager:
         self._enabled = enabled
         self.backend = backend if backend is not None else detect(host)
         self._busy: set[str] = set()
+        # requests refused because their NIC is missing, kept until the values or
+        # the interfaces change (base -> (values, interfaces))
+        self._waiting: dict[str, tuple[object, object]] = {}
         self._lock = threading.Lock()
 
     def advertise(self) -> bool:
@@ -197,26 +200,42 @@ class StaticIpManager:
                 return None
             self._busy.add(base)
         values = {key: value for key in KEYS if (value := read(f"{base}/{key}")) is not None}
+        interfaces = tuple(self._interfaces())
+        seen = (tuple(sorted(values.items())), tuple((i.name, i.mac, i.vif, i.lower) for i in interfaces))
         nic: Nic | None = None
         setting: StaticIpSetting | None = None
         try:
+            if self._waiting.get(base) == seen:
+                with self._lock:
+                    self._busy.discard(base)
+                return None  # still no such NIC: nothing new to say
             setting = parse_setting(values)
             if self.backend is None:
                 raise Refusal(NO_BACKEND, "no supported network manager (systemd-networkd, "
                                           "NetworkManager, ifupdown or FreeBSD rc.conf)")
-            nic = match_nic(root, devid, setting.mac, self._interfaces())
+            nic = match_nic(root, devid, setting.mac, interfaces)
         except Refusal as exc:
+            if exc.code == NIC_NOT_FOUND:
+                self._waiting[base] = seen
+                return Job(base, {}, self._host, None, None, None, exc)  # the request stays
+            self._waiting.pop(base, None)
             return Job(base, inputs, self._host, None, None, None, exc)
+        self._waiting.pop(base, None)
         return Job(base, inputs, self._host, self.backend, nic, setting, None)
 
     def finish(self, job: Job, read: Read) -> dict[str, str | None]:
-        """What to write after ``job.run()`` ({path: value}, None = remove).  A
-        request key is removed only if it still holds the value acted on, so a
-        newer request that arrived meanwhile is kept for the next ``on_change``."""
+        """What to write after ``job.run()`` ({path: value}, None = remove), only
+        what differs (a write fires the watch again).  A request key is removed
+        only if it still holds the value acted on, so a newer request that arrived
+        meanwhile is kept for the next ``on_change``; a request whose NIC is
+        missing is kept too, and retried when the interfaces or the values change
+        (call ``on_change`` after the network facts change)."""
         with self._lock:
             self._busy.discard(job.base)
-        out: dict[str, str | None] = {f"{job.base}/error-code": job.code,
-                                         f"{job.base}/error-msg": job.message}
+        out: dict[str, str | None] = {}
+        for path, result in ((f"{job.base}/error-code", job.code), (f"{job.base}/error-msg", job.message)):
+            if read(path) != result:
+                out[path] = result
         for path, value in job.inputs.items():
             if value is not None and read(path) == value:
                 out[path] = None
