@@ -209,7 +209,7 @@ def test_static_setting_is_applied_reported_and_cleared(tmp_path) -> None:  # ty
     assert store.keys[f"{BASE}/error-code"] == "0" and store.keys[f"{BASE}/error-msg"] == ""
     assert f"{BASE}/enabled" not in store.keys and f"{BASE}/enabled6" not in store.keys
     assert runner.calls == [["networkctl", "reload"], ["networkctl", "reconfigure", "eth0"]]
-    assert (tmp_path / "etc/systemd/network/10-xenguest-agent-eth0.network").exists()
+    assert (tmp_path / "etc/systemd/network/05-xenguest-agent-eth0.network").exists()
     # our own writes fire the watch again: nothing left to do
     assert drive(mgr, store) == []
 
@@ -236,7 +236,7 @@ def test_ipv4_change_keeps_the_ipv6_setting_applied_before(tmp_path) -> None:  #
     # set_ip_static for IPv4 only, one transaction: enabled=1, address, gateway
     store.keys.update({f"{BASE}/enabled": "1", f"{BASE}/address": "192.0.2.10/24"})
     drive(mgr, store)
-    text = (tmp_path / "etc/systemd/network/10-xenguest-agent-eth0.network").read_text()
+    text = (tmp_path / "etc/systemd/network/05-xenguest-agent-eth0.network").read_text()
     assert "Address=192.0.2.10/24" in text and "Address=2001:db8::10/64" in text
     assert "Gateway=2001:db8::1" in text
 
@@ -259,7 +259,7 @@ def test_a_failed_command_is_reported_and_the_files_are_put_back(tmp_path) -> No
     drive(mgr, store)
     assert store.keys[f"{BASE}/error-code"] == "1"
     assert store.keys[f"{BASE}/error-msg"] == "networkctl reconfigure eth0 exited 1: boom: no such link"
-    assert not (tmp_path / "etc/systemd/network/10-xenguest-agent-eth0.network").exists()
+    assert not (tmp_path / "etc/systemd/network/05-xenguest-agent-eth0.network").exists()
     runner.fail = None
     store = Store(keys)  # the next request of the same setting runs again
     drive(mgr, store)
@@ -278,7 +278,7 @@ def test_a_newer_request_arriving_during_the_job_is_not_cleared(tmp_path) -> Non
     assert store.keys[f"{BASE}/enabled"] == "2"
     assert f"{BASE}/enabled6" not in store.keys  # that one was acted on
     assert drive(mgr, store) == ["eth0"]
-    assert "DHCP=ipv4" in (tmp_path / "etc/systemd/network/10-xenguest-agent-eth0.network").read_text()
+    assert "DHCP=ipv4" in (tmp_path / "etc/systemd/network/05-xenguest-agent-eth0.network").read_text()
 
 
 def test_only_decimal_device_ids_are_followed(tmp_path) -> None:  # type: ignore[no-untyped-def]

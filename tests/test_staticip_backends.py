@@ -77,7 +77,7 @@ def test_networkd_static_file(tmp_path: Path) -> None:
     runner = Recorder()
     host = Host(str(tmp_path), runner)
     steps = apply(host, Networkd(), NicConfig(), STATIC)
-    path = tmp_path / "etc/systemd/network/10-xenguest-agent-eth0.network"
+    path = tmp_path / "etc/systemd/network/05-xenguest-agent-eth0.network"
     unit = parse_unit(path.read_text())
     assert unit["Match"]["MACAddress"] == "00:16:3e:5a:01:02" and unit["Match"]["Name"] == "eth0"
     net = path.read_text().split("[Network]\n", 1)[1].splitlines()
@@ -96,7 +96,7 @@ def test_networkd_dhcp_and_a_family_left_to_the_guest(tmp_path: Path) -> None:
     assert "DHCP=no\nIPv6AcceptRA=yes\nAddress=198.51.100.7/25\n" in text and "Gateway" not in text
     apply(host, Networkd(), NicConfig(), DHCP)
     steps = Networkd().plan(host, NIC, DHCP, NONE)
-    assert steps == (RemoveFile("/etc/systemd/network/10-xenguest-agent-eth0.network"),
+    assert steps == (RemoveFile("/etc/systemd/network/05-xenguest-agent-eth0.network"),
                      Run(("networkctl", "reload")), Run(("networkctl", "reconfigure", "eth0")))
 
 
@@ -330,7 +330,11 @@ def test_networkd_file_applied_by_the_real_systemd_networkd(tmp_path: Path, netn
     execute(host, Networkd().plan(host, NIC, NicConfig(), config(enabled="1", address="192.0.2.10/24",
                                                                   gateway="192.0.2.1", enabled6="0")))
     network = tmp_path / "etc/systemd/network"
+    # what netplan generates on Ubuntu for a DHCP NIC: ours must sort first to win
+    netplan = tmp_path / "10-netplan-eth0.network"
+    netplan.write_text("[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
     script = (f"mount --bind {network} /etc/systemd/network && mount -t tmpfs tmpfs /run/systemd && "
+              f"mkdir /run/systemd/network && cp {netplan} /run/systemd/network/ && "
               "echo docker > /run/systemd/container && mkdir /run/systemd/netif && "
               "chown systemd-network:systemd-network /run/systemd/netif && "
               f"exec ip netns exec {netns} sh -c 'mount -o remount,ro /sys && exec {daemon}'")
@@ -346,7 +350,7 @@ def test_networkd_file_applied_by_the_real_systemd_networkd(tmp_path: Path, netn
         while "default via 192.0.2.1 dev eth0" not in _ip(netns, "-4", "route", "show"):
             assert time.monotonic() < deadline, (tmp_path / "networkd.log").read_text()[-2000:]
             time.sleep(0.1)
-        assert "eth0: Configuring with /etc/systemd/network/10-xenguest-agent-eth0.network" in \
+        assert "eth0: Configuring with /etc/systemd/network/05-xenguest-agent-eth0.network" in \
             (tmp_path / "networkd.log").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

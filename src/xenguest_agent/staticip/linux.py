@@ -40,9 +40,10 @@ class Networkd:
     and the first whose [Match] section matches a link is used, every match in
     it must hold; ``Address=`` takes ``address/prefixlength``, ``Gateway=`` an
     address, ``DHCP=`` yes/no/ipv4/ipv6, ``IPv6AcceptRA=`` a boolean.  The
-    ``10-`` prefix sorts before distributions' files (``50-cloud-init``,
-    ``80-``/``99-`` defaults).  networkctl(1): ``reload`` rereads the files,
-    ``reconfigure IF`` applies them to the link.
+    ``05-`` prefix sorts before distributions' files (netplan's
+    ``10-netplan-IF``, ``50-cloud-init``, the ``80-``/``99-`` defaults).
+    networkctl(1): ``reload`` rereads the files, ``reconfigure IF`` applies them
+    to the link.
     """
 
     name = "systemd-networkd"
@@ -50,7 +51,7 @@ class Networkd:
     directory = "/etc/systemd/network"
 
     def path(self, nic: Nic) -> str:
-        return f"{self.directory}/10-{PREFIX}{nic.name}.network"
+        return f"{self.directory}/05-{PREFIX}{nic.name}.network"
 
     def render(self, nic: Nic, config: NicConfig) -> str:
         match = [f"Name={nic.name}"]

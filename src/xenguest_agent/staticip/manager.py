@@ -241,7 +241,3 @@ class StaticIpManager:
                 out[path] = None
         return out
 
-
-def pending(jobs: Sequence[Job]) -> tuple[str, ...]:
-    """The NICs (by name) the jobs will configure: for the daemon's log."""
-    return tuple(j.nic.name for j in jobs if j.nic is not None)
