@@ -350,3 +350,32 @@ def test_finish_writes_only_what_changes(tmp_path) -> None:  # type: ignore[no-u
     [job] = mgr.on_change(store.read, store.ls)
     job.run()
     assert mgr.finish(job, store.read) == {f"{BASE}/enabled": None, f"{BASE}/enabled6": None}
+
+
+def test_an_sriov_vf_is_matched_by_mac_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """xenopsd's Network.Sriov branch writes the same keys under
+    xenserver/device/net-sriov-vf/<devid>; the VF is a PCI NIC, not a VIF, so the
+    device id says nothing about the guest interface."""
+    vf = Interface("ens5", "00:16:3e:77:00:01")
+    base = "xenserver/device/net-sriov-vf/0/static-ip-setting"
+    store = Store({f"{base}/mac": "00:16:3e:77:00:01", f"{base}/enabled": "2"})
+    mgr = manager(tmp_path, Recorder(), interfaces=(ETH0, vf))
+    assert drive(mgr, store) == ["ens5"]
+    assert store.keys[f"{base}/error-code"] == "0"
+
+
+def test_odd_device_ids_are_skipped_not_crashed_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only canonical decimal ids name a device (paths are built from integers):
+    "00" would be rebuilt as "0", a non-ASCII digit is not a number to int()."""
+    store = Store({"xenserver/device/vif/00/static-ip-setting/enabled": "1",
+                   "xenserver/device/vif/\u00b2/static-ip-setting/enabled": "1"})
+    assert manager(tmp_path, Recorder()).on_change(store.read, store.ls) == []
+
+
+@pytest.mark.parametrize("key, value", [("mac", MAC + "\n"), ("address", "192.0.2.10/24\n"),
+                                        ("gateway", "192.0.2.1\n")])
+def test_a_trailing_newline_is_refused(key: str, value: str) -> None:
+    """Python's "$" also matches before a final newline: the checks must not."""
+    with pytest.raises(Refusal):
+        parse_setting(plug(**{"enabled": "1", "address": "192.0.2.10/24", key: value}))
+

@@ -59,7 +59,8 @@ SRIOV_ROOT = "xenserver/device/net-sriov-vf"
 SETTING = "static-ip-setting"
 FEATURE_KEY = "control/feature-static-ip-setting"
 KEYS = ("mac", "enabled", "address", "gateway", "enabled6", "address6", "gateway6")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
+_DEVID = re.compile(r"^(0|[1-9][0-9]{0,8})\Z")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 
 Read = Callable[[str], Optional[str]]
 List_ = Callable[[str], Optional[list[str]]]
@@ -183,8 +184,8 @@ class StaticIpManager:
         jobs: list[Job] = []
         for root in (VIF_ROOT, SRIOV_ROOT):
             for entry in ls(root) or []:
-                if not entry.isdigit() or len(entry) > 9:
-                    continue  # paths are built from integers only
+                if not _DEVID.match(entry):
+                    continue  # paths are built from integers only, in canonical form
                 job = self._job(root, int(entry), read)
                 if job is not None:
                     jobs.append(job)

@@ -42,9 +42,9 @@ NIC_NOT_FOUND = "101"
 UNSPECIFIED, STATIC, AUTOMATIC = 0, 1, 2
 
 MESSAGE_LIMIT = 256
-_CIDR = re.compile(r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$")
-_ADDRESS = re.compile(r"^[0-9A-Fa-f:.]+$")
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_CIDR = re.compile(r"^[0-9A-Fa-f:.]+/[0-9]{1,3}\Z")
+_ADDRESS = re.compile(r"^[0-9A-Fa-f:.]+\Z")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
