@@ -21,7 +21,14 @@ import pytest
 from xenguest_agent.host import CommandResult, Host
 from xenguest_agent.staticip.freebsd import FreeBsdRcConf, rc_values
 from xenguest_agent.staticip.linux import Ifupdown, Networkd, NetworkManager
-from xenguest_agent.staticip.plan import Nic, RemoveFile, Run, WriteFile, execute
+from xenguest_agent.staticip.plan import (
+    ApplyFailed,
+    Nic,
+    RemoveFile,
+    Run,
+    WriteFile,
+    execute,
+)
 from xenguest_agent.staticip.setting import NicConfig, Refusal, parse_setting
 
 FIXTURES = Path(__file__).parent / "fixtures" / "staticip"
@@ -169,7 +176,7 @@ def test_ifupdown_takes_the_interface_down_before_changing_its_stanza(tmp_path: 
     host = debian(tmp_path)
     execute(host, Ifupdown().plan(host, NIC, NicConfig(), DHCP))
     steps = Ifupdown().plan(host, NIC, DHCP, STATIC)
-    assert steps[0] == Run(("ifdown", "eth0"), check=False)
+    assert steps[0] == Run(("ifdown", "eth0"), check=False, undo=("ifup", "eth0"))
     assert isinstance(steps[1], WriteFile) and steps[2] == Run(("ifup", "eth0"))
     execute(host, steps)
     assert Ifupdown().plan(host, NIC, STATIC, STATIC) == ()
@@ -305,7 +312,8 @@ def test_rc_values_reads_as_sh_would() -> None:
 
 def test_freebsd_variable_names_follow_rc_subr() -> None:
     steps = FreeBsdRcConf().plan(Host("/nonexistent"), Nic("vlan0.5", None), NicConfig(), V4_ONLY)
-    assert steps[1] == Run(("sysrc", "ifconfig_vlan0_5=inet 198.51.100.7/25"))
+    assert steps[1] == Run(("sysrc", "ifconfig_vlan0_5=inet 198.51.100.7/25"),
+                           undo=("sysrc", "-x", "ifconfig_vlan0_5"))
 
 
 
@@ -355,3 +363,46 @@ def test_networkd_file_applied_by_the_real_systemd_networkd(tmp_path: Path, netn
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+class Failing(Recorder):
+    """Fails the first command whose argv equals ``fail``."""
+
+    def __init__(self, fail: Sequence[str]) -> None:
+        super().__init__()
+        self.fail = list(fail)
+
+    def __call__(self, argv: Sequence[str], timeout: float = 5.0) -> CommandResult:
+        self.calls.append(list(argv))
+        if list(argv) == self.fail:
+            self.fail = []
+            return CommandResult(tuple(argv), 1, "", "failed\n")
+        return CommandResult(tuple(argv), 0, "", "")
+
+
+def test_ifupdown_failure_brings_the_old_configuration_back_up(tmp_path: Path) -> None:
+    """ifdown ran with the old stanza; if ifup of the new one fails, the old file is put
+    back and brought up again, so a failed request does not leave the NIC down."""
+    host = debian(tmp_path)
+    execute(host, Ifupdown().plan(host, NIC, NicConfig(), DHCP))
+    before = (tmp_path / "etc/network/interfaces.d/xenguest-agent-eth0").read_text()
+    runner = Failing(["ifup", "eth0"])
+    host = Host(str(tmp_path), runner)
+    with pytest.raises(ApplyFailed, match="ifup eth0 exited 1: failed"):
+        execute(host, Ifupdown().plan(host, NIC, DHCP, STATIC))
+    assert (tmp_path / "etc/network/interfaces.d/xenguest-agent-eth0").read_text() == before
+    assert runner.calls == [["ifdown", "eth0"], ["ifup", "eth0"], ["ifup", "eth0"]]
+
+
+def test_freebsd_failure_restores_the_rc_conf_values(tmp_path: Path) -> None:
+    host = freebsd(tmp_path)
+    runner = Failing(["service", "netif", "start", "xn0"])
+    host = Host(host.root, runner)
+    with pytest.raises(ApplyFailed):
+        execute(host, FreeBsdRcConf().plan(host, XN0, NicConfig(), V4_ONLY))
+    # V4_ONLY leaves IPv6 automatic: the captured "inet6 accept_rtadv" already says so
+    assert runner.calls == [["service", "netif", "stop", "xn0"],
+                            ["sysrc", "ifconfig_xn0=inet 198.51.100.7/25"],
+                            ["service", "netif", "start", "xn0"],  # fails
+                            ["sysrc", "ifconfig_xn0=DHCP"],
+                            ["service", "netif", "start", "xn0"]]

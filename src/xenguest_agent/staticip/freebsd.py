@@ -73,16 +73,19 @@ class FreeBsdRcConf:
         before = _wanted(nic, old)
         steps: list[Step] = []
         for key, value in _wanted(nic, new).items():
+            was = current.get(key)
+            undo = ("sysrc", f"{key}={was}") if was is not None else ("sysrc", "-x", key)
             if value is not None:
-                if current.get(key) != value:
-                    steps.append(Run(("sysrc", f"{key}={value}")))
-            elif key in current and before.get(key) is not None and current[key] == before[key]:
+                if was != value:
+                    steps.append(Run(("sysrc", f"{key}={value}"), undo=undo))
+            elif was is not None and before.get(key) is not None and was == before[key]:
                 # only a value the agent itself set is taken back
-                steps.append(Run(("sysrc", "-x", key)))
+                steps.append(Run(("sysrc", "-x", key), undo=undo))
         if not steps:
             return ()
         # stop with the old values (so what they started, dhclient for DHCP, is stopped), start
         # with the new ones
-        return (Run(("service", "netif", "stop", nic.name), check=False), *steps,
+        return (Run(("service", "netif", "stop", nic.name), check=False,
+                    undo=("service", "netif", "start", nic.name)), *steps,
                 Run(("service", "netif", "start", nic.name)), Run(("service", "routing", "restart")))
 

@@ -206,6 +206,6 @@ class Ifupdown:
             problem = self._conflicts(host, nic)
             if problem:
                 raise Refusal(CONFLICT, problem)
-        down = (Run(("ifdown", nic.name), check=False),) if host.exists(path) else ()
+        down = (Run(("ifdown", nic.name), check=False, undo=("ifup", nic.name)),) if host.exists(path) else ()
         up = (Run(("ifup", nic.name)),) if text is not None else ()
         return (*down, *changes, *up)

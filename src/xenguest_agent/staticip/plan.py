@@ -39,11 +39,14 @@ class RemoveFile:
 @dataclass(frozen=True)
 class Run:
     """One command, a fixed argv (never a shell).  ``check=False`` for a step
-    whose failure does not matter (``ifdown`` of an interface that is down)."""
+    whose failure does not matter (``ifdown`` of an interface that is down).
+    ``undo``: the command that reverses it, run (best effort) when a later step
+    fails, after the files changed since are put back."""
 
     argv: tuple[str, ...]
     check: bool = True
     timeout: float = COMMAND_TIMEOUT
+    undo: tuple[str, ...] | None = None
 
 
 Step = Union[WriteFile, RemoveFile, Run]
@@ -112,17 +115,14 @@ def _tail(text: str) -> str:
     return lines[-1][:OUTPUT_IN_MESSAGE] if lines else ""
 
 
-def _undo(host: Host, saved: list[tuple[str, str | None, int]]) -> None:
-    """Put back the files a failed plan changed, so the next attempt sees a
-    difference and runs again (an empty plan must mean "already applied")."""
-    for path, text, mode in reversed(saved):
-        try:
-            if text is None:
-                os.unlink(host.path(path))
-            else:
-                _write(host, WriteFile(path, text, mode))
-        except OSError:
-            pass
+def _restore(host: Host, path: str, text: str | None, mode: int) -> None:
+    try:
+        if text is None:
+            os.unlink(host.path(path))
+        else:
+            _write(host, WriteFile(path, text, mode))
+    except OSError:
+        pass
 
 
 def _mode_of(host: Host, path: str) -> int:
@@ -133,16 +133,31 @@ def _mode_of(host: Host, path: str) -> int:
 
 
 def execute(host: Host, steps: Sequence[Step]) -> None:
-    """Perform the steps in order; at the first failure put the changed files
-    back and raise :class:`ApplyFailed`."""
-    saved: list[tuple[str, str | None, int]] = []
+    """Perform the steps in order.  At the first failure, undo what was done, in
+    reverse: files put back (so the next attempt sees a difference and runs
+    again: an empty plan must mean "already applied") and each command's
+    ``undo`` run (so a failed request does not leave the NIC down); then raise
+    :class:`ApplyFailed`."""
+    done: list[Step] = []
     try:
         for step in steps:
             if isinstance(step, (WriteFile, RemoveFile)):
-                saved.append((step.path, host.read_text(step.path), _mode_of(host, step.path)))
+                done.append(WriteFile(step.path, host.read_text(step.path) or "", _mode_of(host, step.path))
+                            if host.exists(step.path) else RemoveFile(step.path))
             _step(host, step)
+            if isinstance(step, Run) and step.undo is not None:
+                done.append(Run(step.undo, check=False, timeout=step.timeout))
     except ApplyFailed:
-        _undo(host, saved)
+        for undo in reversed(done):
+            if isinstance(undo, WriteFile):
+                _restore(host, undo.path, undo.text, undo.mode)
+            elif isinstance(undo, RemoveFile):
+                _restore(host, undo.path, None, 0)
+            else:
+                try:
+                    host.run(undo.argv, timeout=undo.timeout)
+                except CommandError:
+                    pass
         raise
 
 
