@@ -406,3 +406,20 @@ def test_freebsd_failure_restores_the_rc_conf_values(tmp_path: Path) -> None:
                             ["service", "netif", "start", "xn0"],  # fails
                             ["sysrc", "ifconfig_xn0=DHCP"],
                             ["service", "netif", "start", "xn0"]]
+
+
+def test_networkmanager_failure_reloads_the_restored_file(tmp_path: Path) -> None:
+    """nmcli(1) "connection load" rereads a file NM already knows; after a failed
+    "up" the old file is back on disk and must be what NM holds too."""
+    host = Host(str(tmp_path), Recorder())
+    nm = NetworkManager()
+    execute(host, nm.plan(host, NIC, NicConfig(), DHCP))
+    path = "/etc/NetworkManager/system-connections/xenguest-agent-eth0.nmconnection"
+    before = Path(host.path(path)).read_text()
+    runner = Failing(["nmcli", "--wait", "30", "connection", "up", "uuid", nm.uuid(NIC)])
+    host = Host(str(tmp_path), runner)
+    with pytest.raises(ApplyFailed):
+        execute(host, nm.plan(host, NIC, DHCP, STATIC))
+    assert Path(host.path(path)).read_text() == before
+    assert runner.calls[-1] == ["nmcli", "connection", "load", path]
+    assert len(runner.calls) == 3
