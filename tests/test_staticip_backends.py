@@ -257,11 +257,11 @@ def sysrc(host: Host, steps) -> None:  # type: ignore[no-untyped-def]
         if argv[0] != "sysrc":
             continue
         if argv[1] == "-x":
-            lines = [l for l in lines if not l.startswith(argv[2] + "=")]
+            lines = [line for line in lines if not line.startswith(argv[2] + "=")]
             continue
         name, value = argv[1].split("=", 1)
         new = f'{name}="{value}"'
-        lines = [new if l.startswith(name + "=") else l for l in lines]
+        lines = [new if line.startswith(name + "=") else line for line in lines]
         if new not in lines:
             lines.append(new)
     path.write_text("\n".join(lines) + "\n")

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 from xenguest_agent import __version__, schema
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import Config, MemoryConfig
-from xenguest_agent.facts import Facts, Memory
+from xenguest_agent.facts import Facts, Interface, Memory
 from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
 from xenguest_agent.publisher import Publisher, PublishResult
 from xenguest_agent.ratelog import RateLimitedLog
@@ -187,6 +187,15 @@ class Agent:
             self._macs = read_mac_directory(store)
             self._macs_for = unresolved
         return self._macs
+
+    def resolved_interfaces(self) -> Tuple[Interface, ...]:
+        """The last collected interfaces with the VIF ids they are published under (what
+        a static IP request names: staticip/manager.py), without collecting again."""
+        interfaces = self._last_good.get("interfaces")
+        if not isinstance(interfaces, tuple):
+            return ()
+        return resolve_vifs(interfaces, dict(self.config.network.static_vifs),
+                            self._macs.vifs if self._macs else {})
 
     def forget(self) -> None:
         """After a resume, migration or reconnect: nothing cached is trusted."""

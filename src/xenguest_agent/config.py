@@ -70,6 +70,7 @@ class NetworkConfig:
     exclude: Tuple[str, ...] = ("lo",)  # fnmatch patterns, applied after include
     max_addresses: int = 16             # per VIF and per address family
     static_vifs: Tuple[Tuple[str, int], ...] = ()  # interface name -> VIF id, overrides detection
+    static_ip: bool = True              # apply XenCenter's static IP settings (docs/static-ip.md)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
         # (C xenstored quota_nb_entry_per_domain, oxenstored quota-maxentity).
         "max_addresses": valid.number(1, 256, integer=True),
         "static_vifs": valid.vif_map,
+        "static_ip": valid.boolean,
     }),
     "features": (FeatureConfig, {"balloon": valid.boolean, "hotplug": valid.boolean}),
     "hotplug": (HotplugConfig, {"online_cpus": valid.tristate, "online_memory": valid.tristate}),

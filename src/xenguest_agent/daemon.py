@@ -54,6 +54,8 @@ from xenguest_agent.publisher import Publisher
 from xenguest_agent.resume import DOMID, UNIQUE_DOMAIN_ID, ResumeDetector, suspended_seconds
 from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.statefile import StateFile, wall_clock
+from xenguest_agent.staticip.driver import StaticIpDriver
+from xenguest_agent.staticip.manager import SRIOV_ROOT, VIF_ROOT
 from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
@@ -75,6 +77,7 @@ DOMAIN_TOKENS = frozenset({TOKEN_DOMID, TOKEN_UNIQUE_DOMAIN_ID})
 #: What the agent owns and keeps true: one watch each (they do not nest), so
 #: another writer's change or removal is seen and repaired (publisher.py).
 OWNED_PATHS = schema.OWNED_TREES + schema.OWNED_KEYS
+STATIC_IP_TOKENS = tuple(watch_token(p) for p in (VIF_ROOT, SRIOV_ROOT))
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
@@ -97,7 +100,8 @@ class Daemon:
                  file_watch: Optional[FileWatch] = None,
                  notifier: Optional[Notifier] = None,
                  hotplug: Optional[HotplugThread] = None,
-                 state: Optional[StateFile] = None) -> None:
+                 state: Optional[StateFile] = None,
+                 static_ip: Optional[StaticIpDriver] = None) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
@@ -111,6 +115,9 @@ class Daemon:
         self.sources = LoopSources(self.wakeup, net_events, file_watch)
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.hotplug = hotplug
+        self.static_ip = static_ip
+        if static_ip is not None:  # a finished job wakes the loop to write its result
+            static_ip.notify = self._on_jobs_done
         # flags set by producers (signal handlers, other threads); read and cleared by the loop
         self._stop_requested = False
         self._hup_requested = False
@@ -191,6 +198,8 @@ class Daemon:
         for path in OWNED_PATHS:
             self.publisher.expect_event(path)  # a new watch fires once: not a change
             self._watch(path)
+        for path in self.static_ip.watch_paths() if self.static_ip is not None else ():
+            self._watch(path)
         self._connected = True
         self.resume.start(self.store)
         if self.control is not None:
@@ -210,7 +219,9 @@ class Daemon:
             self.state = None
 
     def _publish(self, only: Optional[Tuple[str, ...]] = None) -> None:
-        extra = self.control.advertised() if self.control is not None else None
+        extra = self.control.advertised() if self.control is not None else {}
+        if self.static_ip is not None:
+            extra.update(self.static_ip.feature_keys())
         result = self.agent.publish(self.store, self.publisher, extra, only)
         self.rounds += 1
         if result.changed:
@@ -231,6 +242,8 @@ class Daemon:
             self.publisher.invalidate()
         # only=(): no collector runs, the last facts are rendered and compared again
         self._publish(None if full or dirty >= ALL else tuple(sorted(dirty)))
+        if self.static_ip is not None and (full or "interfaces" in dirty):
+            self.static_ip.on_event(self.store)  # a request may name a NIC that just appeared
 
     def _lost(self, exc: XenStoreError) -> None:
         log.warning("lost XenStore: %s; reconnecting", exc)
@@ -289,9 +302,10 @@ class Daemon:
 
     # --- one wake-up's worth of work -----------------------------------------------------
 
-    def _take_watch_events(self) -> Tuple[bool, bool]:
-        """(a domain key may have changed, control/shutdown may have changed)."""
-        domain = control = self._watch_overflow
+    def _take_watch_events(self) -> Tuple[bool, bool, bool]:
+        """(a domain key may have changed, control/shutdown may have changed, a static
+        IP setting may have changed)."""
+        domain = control = static = self._watch_overflow
         self._watch_overflow = False
         if domain:  # events were dropped: owned keys may have changed too
             self._repair = True
@@ -301,9 +315,11 @@ class Daemon:
                 domain = True
             elif token == TOKEN_SHUTDOWN:
                 control = True
+            elif token.startswith(STATIC_IP_TOKENS):
+                static = True
             elif self.publisher.note_event(path):
                 self._repair = True
-        return domain, control
+        return domain, control, static
 
     def _serve(self) -> None:
         """Everything the flags say happened, control first, then one publish."""
@@ -318,13 +334,17 @@ class Daemon:
             self._connection_ended = False
             if self._connected and not (self.store.connected and self.store.watching):
                 self._lost(XenStoreUnavailable("XenStore closed the connection"))
-        domain, control = self._take_watch_events()
+        domain, control, static = self._take_watch_events()
         if domain:
             self._guarded(self._check_resume)
         if control and self.control is not None:
             self._guarded(lambda: self.control.on_event(self.store))  # type: ignore[union-attr]
-        if self._jobs_done:  # a hook or a power command finished: the request's next step
+        if static and self.static_ip is not None:
+            self._guarded(lambda: self.static_ip.on_event(self.store))  # type: ignore[union-attr]
+        if self._jobs_done:  # a hook, a power command or a static IP job finished
             self._jobs_done = False
+            if self.static_ip is not None:
+                self._guarded(lambda: self.static_ip.poll(self.store))  # type: ignore[union-attr]
             if self.control is not None:
                 try:  # needs no XenStore: runs while disconnected too
                     self.control.poll()
@@ -346,34 +366,33 @@ class Daemon:
 
         The store must already be connected.  If XenStore is unreachable at the
         start the error propagates (the CLI exits 69 and says why); a refusal
-        is logged and the loop retries."""
+        is logged and the loop retries.  The event sources are opened before the
+        first collection, so a change made while it runs is not missed."""
+        looping = False
         try:
-            self._start_session()
-        except XenStoreUnavailable:
-            raise
-        except XenStoreError as exc:
-            log.warning("first publish incomplete: %s; retrying each round", exc)
-        if once:
-            self.sources.close()
-            return 0
-        self.notifier.ready()
-        self.notifier.status(f"publishing to {self.store.spec}")
-        if self.hotplug is not None:
-            self.hotplug.start()
-        if self.sources.open(ALL):
-            log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
-                     self.sources.net.name if self.sources.net is not None else "no",
-                     self.config.memory.min_interval, self.config.interval)
-            tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
-            sweep: Optional[float] = self.config.interval
-        else:
-            log.info("network changes: no event source here; polling everything every %gs",
-                     self.config.poll_interval)
-            tick, tick_only, sweep = self.config.poll_interval, ALL, None
-        try:
+            events = False if once else self._open_sources()
+            try:
+                self._start_session()
+            except XenStoreUnavailable:
+                raise
+            except XenStoreError as exc:
+                log.warning("first publish incomplete: %s; retrying each round", exc)
+            if once:
+                return 0
+            self.notifier.ready()
+            self.notifier.status(f"publishing to {self.store.spec}")
+            if self.hotplug is not None:
+                self.hotplug.start()
+            if events:
+                tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
+                sweep: Optional[float] = self.config.interval
+            else:
+                tick, tick_only, sweep = self.config.poll_interval, ALL, None
+            looping = True
             return self._loop(tick, tick_only, sweep)
         finally:
-            self.notifier.stopping()
+            if looping:
+                self.notifier.stopping()
             if self.control is not None:
                 self.control.cancel()
             if self.hooks is not None:
@@ -382,6 +401,17 @@ class Daemon:
                 self.hotplug.stop()
             self.sources.close()
             self.notifier.close()
+
+    def _open_sources(self) -> bool:
+        """Network events and file watches; True when network changes arrive as events."""
+        if self.sources.open(ALL):
+            log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
+                     self.sources.net.name if self.sources.net is not None else "no",
+                     self.config.memory.min_interval, self.config.interval)
+            return True
+        log.info("network changes: no event source here; polling everything every %gs",
+                 self.config.poll_interval)
+        return False
 
     def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
         now = self.clock()

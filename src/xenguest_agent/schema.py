@@ -62,6 +62,8 @@ OWNED_KEYS = (
     "control/feature-poweroff",
     "control/feature-reboot",
     "control/feature-suspend",
+    # xapi_vif.ml assert_has_feature_static_ip_setting: VIF.configure_ipv4/ipv6 need it
+    "control/feature-static-ip-setting",
     "feature/hotplug/vif",
     "feature/hotplug/vbd",
 )

@@ -135,7 +135,8 @@ class NetworkManager:
         changes = file_changes(host, [(path, self.render(nic, new), 0o600)])
         if not changes:
             return ()
-        return (*changes, Run(("nmcli", "connection", "load", path), undo=("nmcli", "connection", "load", path)),
+        load = ("nmcli", "connection", "load", path)
+        return (*changes, Run(load, undo=load),
                 Run(("nmcli", "--wait", self.wait, "connection", "up", "uuid", self.uuid(nic))))
 
 
