@@ -2,9 +2,12 @@
 VFs found by MAC from the toolstack's device keys, resume detected from a clock
 jump, and the pyxs Monitor defect the adapter avoids."""
 
-import subprocess
-import sys
+import posixpath
 import threading
+
+import pytest
+import pyxs.client
+from pyxs import Client
 
 from support.guestroot import GuestRoot
 from support.waiting import wait_for
@@ -66,7 +69,7 @@ def test_clock_jump_means_resume_republish_and_hooks(xenstored, tmp_path, truste
         assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1")
         xenstored.rm(f"{HOME}/attr")  # a checkpoint restore in place: same domid, keys lost
         suspended[0] = 30.0  # CLOCK_BOOTTIME ran 30 s ahead of CLOCK_MONOTONIC
-        assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=3)
+        assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2")
         assert wait_for(lambda: out.exists() and out.read_text() == "post-resume 4\n")
         assert daemon.resumes == 1
     finally:
@@ -75,33 +78,73 @@ def test_clock_jump_means_resume_republish_and_hooks(xenstored, tmp_path, truste
         store.close()
 
 
-SPIN = r"""
-import sys, time
-from pyxs import Client
-with Client(unix_socket_path=sys.argv[1]) as client:
-    monitor = client.monitor()
-    monitor.watch(b"/local/domain/0/data", b"t")
-    time.sleep(0.2)                       # the registration event is queued by now
-    monitor.unwatch(b"/local/domain/0/data", b"t")
-    print("waiting", flush=True)
-    next(monitor.wait())                  # dirname('/') == '/': never returns
-"""
+class Spinning(Exception):
+    """Raised by the counting dirname once the loop is provably stuck."""
 
 
-def test_pyxs_monitor_spins_on_an_event_it_no_longer_watches(xenstored):
-    """The defect the adapter avoids by not using Monitor.wait (xenstore.py)."""
-    proc = subprocess.Popen([sys.executable, "-c", SPIN, str(xenstored.socket_path)],
-                            stdout=subprocess.PIPE, text=True)
+class CountingPosixpath:
+    """Stands in for the ``posixpath`` module pyxs.client imported: counts ``dirname`` calls
+    that return their argument unchanged (a fixed point) and stops the loop after ``limit`` of
+    them in a row, with no other call in between."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.fixed_points = 0
+        self.calls = 0
+
+    def dirname(self, path):
+        self.calls += 1
+        parent = posixpath.dirname(path)
+        self.fixed_points = self.fixed_points + 1 if parent == path else 0
+        if self.fixed_points >= self.limit:
+            raise Spinning(path)
+        return parent
+
+    def __getattr__(self, name):
+        return getattr(posixpath, name)
+
+
+def test_pyxs_monitor_spins_on_an_event_it_no_longer_watches(xenstored, monkeypatch):
+    """The defect the adapter avoids by not using Monitor.wait (xenstore.py).
+
+    pyxs 0.4.1 client.py Monitor.wait: an event whose path (or a parent) is no longer watched
+    is walked up with ``posixpath.dirname`` while the path is non-empty; ``dirname('/')`` is
+    ``'/'``, so the walk never ends and never blocks.  Shown by its state, not by CPU time:
+    dirname keeps being called with '/' and returning '/', the loop's only changing variable,
+    with nothing else touched, so every later turn is the same as this one."""
+    spy = CountingPosixpath(limit=10_000)
+    monkeypatch.setattr(pyxs.client, "posixpath", spy)
+    with Client(unix_socket_path=str(xenstored.socket_path)) as client:
+        monitor = client.monitor()
+        monitor.watch(b"/local/domain/0/data", b"t")
+        # a new watch fires once (docs/misc/xenstore.txt, WATCH): wait for that event, queued
+        assert wait_for(lambda: monitor.events.qsize() == 1)
+        monitor.unwatch(b"/local/domain/0/data", b"t")
+        with pytest.raises(Spinning) as caught:
+            next(monitor.wait())
+        assert caught.value.args == (b"/",)
+        # the walk from /local/domain/0/data: four steps up to '/', then '/' from '/' for ever
+        assert spy.calls == 4 + spy.limit
+        assert monitor.events.qsize() == 0  # the one event was taken; wait() never blocked again
+
+
+def test_the_adapter_watches_without_pyxs_monitor(xenstored, monkeypatch):
+    """What the test above is about: the adapter's watch path (its own second connection and
+    a callback, xenstore.py XenStore.watch) never builds a pyxs Monitor."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pyxs Monitor used")
+
+    monkeypatch.setattr(pyxs.client.Monitor, "__init__", refuse)
+    monkeypatch.setattr(pyxs.client.Monitor, "wait", refuse)
+    store = XenStore(xenstored.spec)
+    store.connect()
+    events = []
     try:
-        assert proc.stdout.readline().strip() == "waiting"
-        import psutil
-        process = psutil.Process(proc.pid)
-        before = sum(process.cpu_times()[:2])
-        # a process blocked in wait() never burns a second of CPU; a spinning one does, however
-        # loaded the machine is (no wall-clock limit: only the overall guard)
-        assert wait_for(lambda: sum(process.cpu_times()[:2]) - before >= 1.0, timeout=60, step=0.1)
-        assert proc.poll() is None  # still inside wait()
+        store.on_event(lambda path, token: events.append((path, token)))
+        store.watch("data", "tok")
+        assert wait_for(lambda: ("data", "tok") in events)  # the registration event
+        xenstored.write(f"{HOME}/data/x", "1")
+        assert wait_for(lambda: ("data/x", "tok") in events)  # relative, as watched
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        store.close()

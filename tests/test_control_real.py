@@ -33,7 +33,10 @@ def start_agent(spec, tmp_path, etc, mode="auto", hook_body=None):
     for name, body in (hook_body or {}).items():
         script(etc / "hooks" / "pre-shutdown" / name, body)
     config = etc / "config.yaml"
-    config.write_text(f"poll_interval: 1\ncontrol:\n  mode: {mode}\n  grace: 0.3\n"
+    # poll and sweep 600 s apart: within a test's wait, only a watch event or the grace
+    # deadline can make the agent act (how fast it acts is the benchmark's business)
+    config.write_text(f"poll_interval: 600\ninterval: 600\n"
+                      f"control:\n  mode: {mode}\n  grace: 0.3\n"
                       f"  hooks_dir: {etc / 'hooks'}\n"
                       f"  commands:\n    poweroff: [{poweroff}]\n    reboot: [{reboot}]\n")
     proc = spawn_logged([sys.executable, "-m", "xenguest_agent", "run", "--xenstore", spec,
@@ -65,26 +68,44 @@ def request(xenstored, reason):
         store.transact(work)
     finally:
         store.close()
-    return time.monotonic()
 
 
 def read_lines(path):
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_unanswered_request_is_acknowledged_and_performed_within_a_second(agent, xenstored):
-    sent = request(xenstored, "poweroff")
-    assert wait_for(lambda: xenstored.read(f"{HOME}/control/shutdown") == "", timeout=2)
-    acked = time.monotonic() - sent
-    assert acked < 1.0, f"acknowledged after {acked:.2f}s"
-    assert wait_for(lambda: read_lines(agent.marks / "actions") == ["poweroff"])
+def log_since(proc, offset):
+    """What the agent logged after ``offset`` (a length of its log taken earlier)."""
+    return proc.log.read_text()[offset:]
+
+
+def test_unanswered_request_is_acknowledged_and_performed_at_the_grace_deadline(agent, xenstored):
+    """The grace timer acts, not the next round: rounds are 600 s apart here, so an
+    acknowledgement seen within the (failure-guard) wait can only be the deadline's."""
+    request(xenstored, "poweroff")
+    assert wait_for(lambda: xenstored.read(f"{HOME}/control/shutdown") == "", timeout=60), \
+        agent.log.read_text()[-3000:]
+    assert "carrying out poweroff (no acknowledgement within 0.3s)" in agent.log.read_text()
+    assert wait_for(lambda: read_lines(agent.marks / "actions") == ["poweroff"], timeout=60)
     assert read_lines(agent.marks / "hooks") == ["pre-shutdown old= new= req=poweroff"]
 
 
+#: How the agent's log says a request ended with the kernel's acknowledgement (control.py's
+#: on_event and _take_over): after any of them every read of the key gives "", so nothing of
+#: this request can be carried out later.
+KERNEL_ANSWERED = ("acknowledged by the guest kernel", "control/shutdown is acknowledged")
+
+
 def test_request_the_kernel_answers_is_only_observed(agent, xenstored):
+    offset = len(agent.log.read_text())
     request(xenstored, "reboot")
     xenstored.write(f"{HOME}/control/shutdown", "")  # the kernel's acknowledgement
-    time.sleep(0.8)  # well past the 0.3 s grace
+    # the agent's own record of how the request ended, instead of a sleep past the grace
+    assert wait_for(lambda: any(w in log_since(agent, offset) for w in KERNEL_ANSWERED),
+                    timeout=60), log_since(agent, offset)
+    # the log is written by the loop in order: a command started before the agent saw the
+    # acknowledgement would have been logged before it
+    assert "carrying out" not in log_since(agent, offset)
     assert read_lines(agent.marks / "actions") == []
     # the pre-reboot hook ran only if the agent read the key before the
     # acknowledgement (a race a real kernel always wins): not asserted here
@@ -110,24 +131,30 @@ def test_default_power_commands_never_run_on_a_captured_tree(xenstored, tmp_path
 
 
 def test_hostile_value_is_refused_never_executed(agent, xenstored):
+    offset = len(agent.log.read_text())
     request(xenstored, "poweroff;touch /tmp/pwned")
-    time.sleep(0.8)
+    # the agent's decision, logged by the loop when it read the value (instead of a sleep)
+    assert wait_for(lambda: "refusing unknown control/shutdown value" in log_since(agent, offset),
+                    timeout=60), log_since(agent, offset)
+    # a refused value is not a request: no "toolstack requests" line, so no hook was started
+    # and no grace deadline set (control.py on_event), hence nothing can run for it later
+    assert "toolstack requests" not in log_since(agent, offset)
     assert xenstored.read(f"{HOME}/control/shutdown") == "poweroff;touch /tmp/pwned"
     assert read_lines(agent.marks / "actions") == [] and read_lines(agent.marks / "hooks") == []
-    assert "refusing unknown control/shutdown value" in agent.log.read_text()
 
 
 def test_migration_republishes_everything_and_runs_hooks(agent, xenstored):
     # the destination: a fresh tree, a new domid; the guest kernel re-fires watches
     for node in ("data", "attr"):
         xenstored.rm(f"{HOME}/{node}")
-    started = time.monotonic()
+    # rounds are 600 s apart (start_agent): only watch events (the domid, the owned keys) can
+    # explain a republish within the wait; the log line shows the domid event was served
     xenstored.write(f"{HOME}/domid", "7")
-    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=2)
-    assert time.monotonic() - started < 1.0
-    assert xenstored.read(f"{HOME}/data/os_distro") == "debian"
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=60)
     assert wait_for(lambda: read_lines(agent.marks / "hooks") ==
-                    ["post-resume old=5 new=7 req=", "post-migrate old=5 new=7 req="])
+                    ["post-resume old=5 new=7 req=", "post-migrate old=5 new=7 req="], timeout=60)
+    assert "domain resumed in a new domain (domid 5 -> 7" in agent.log.read_text()
+    assert xenstored.read(f"{HOME}/data/os_distro") == "debian"
 
 
 def alive(pid):

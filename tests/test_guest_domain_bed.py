@@ -18,9 +18,16 @@ import pytest
 
 from support.guestbridge import GuestBridge
 from support.toolstack import GuestDomain, XenStoreRefused
+from support.waiting import wait_for
 from xenguest_agent.xenstore import XenStore, XenStoreError
 
-EVENT_WAIT = 2.0
+EVENT_WAIT = 30.0  # a failure guard for waits on events, never evidence of anything
+
+#: A guest-writable subtree (xenopsd's rwperm_for_guest) the tests watch as a barrier: a write under
+#: it, made after an action, fires after every event the action caused (xenstored queues a
+#: connection's watch events in the order it served the changes, and the ring carries them in order).
+BARRIER = "vm-data/test-barrier"
+BARRIER_TOKEN = "barrier"
 
 
 class Events:
@@ -29,6 +36,7 @@ class Events:
     def __init__(self) -> None:
         self.items: List[Tuple[str, str]] = []
         self._cond = threading.Condition()
+        self._barriers = 0
 
     def __call__(self, path: str, token: str) -> None:
         with self._cond:
@@ -40,12 +48,18 @@ class Events:
             self._cond.wait_for(lambda: len(self.items) >= count, timeout)
             return list(self.items)
 
-    def settle(self, quiet: float = 0.2) -> List[Tuple[str, str]]:
-        """Everything received once no event arrived for ``quiet`` seconds."""
+    def through_barrier(self, store: XenStore) -> List[Tuple[str, str]]:
+        """Every event caused before this call, and no later one: writes a new node under BARRIER
+        (watched with BARRIER_TOKEN, see :func:`watched`), waits for its event and returns what
+        came before it, barrier events left out.  Replaces "wait until nothing arrives for a while"."""
+        self._barriers += 1
+        node = f"{BARRIER}/{self._barriers}"
+        store.write(node, "1")
         with self._cond:
-            while self._cond.wait(quiet):
-                pass
-            return list(self.items)
+            assert self._cond.wait_for(lambda: (node, BARRIER_TOKEN) in self.items, EVENT_WAIT), \
+                f"no event for the barrier {node}: {self.items}"
+            before = self.items[:self.items.index((node, BARRIER_TOKEN))]
+            return [event for event in before if event[1] != BARRIER_TOKEN]
 
     def clear(self) -> None:
         with self._cond:
@@ -53,7 +67,7 @@ class Events:
 
 
 def connect(spec: str) -> XenStore:
-    store = XenStore(spec, timeout=3.0)
+    store = XenStore(spec, timeout=EVENT_WAIT)
     store.connect()
     return store
 
@@ -213,8 +227,10 @@ def test_round_trip_time(store: XenStore) -> None:
 # --- watches, suspend/resume, migration ----------------------------------------------------------
 
 def watched(store: XenStore, path: str, token: str) -> Events:
+    """Events of a watch on ``path``, and of the BARRIER watch (see Events.through_barrier)."""
     events = Events()
     store.on_event(events)
+    store.watch(BARRIER, BARRIER_TOKEN)
     store.watch(path, token)
     return events
 
@@ -222,7 +238,8 @@ def watched(store: XenStore, path: str, token: str) -> Events:
 def test_watch_fires_on_registration_and_on_change(guest_domain: GuestDomain,
                                                    store: XenStore) -> None:
     events = watched(store, "control/shutdown", "shutdown")
-    assert events.wait_for(1)[:1] == [("control/shutdown", "shutdown")]  # relative stays relative
+    # relative stays relative
+    assert events.through_barrier(store) == [("control/shutdown", "shutdown")]
     events.clear()
     guest_domain.toolstack.request_shutdown("poweroff")
     got = events.wait_for(1)
@@ -234,12 +251,12 @@ def test_shutdown_request_is_acknowledged_by_an_empty_write(guest_domain: GuestD
                                                            store: XenStore) -> None:
     toolstack = guest_domain.toolstack
     toolstack.request_shutdown("reboot")
-    assert toolstack.wait_for_ack(timeout=0.2) is False  # no one acknowledged
+    assert toolstack.wait_for_ack(timeout=0) is False  # no one acknowledged: the key says so
     store.write("control/shutdown", "")
-    assert toolstack.wait_for_ack(timeout=1.0) is True
+    assert toolstack.wait_for_ack(timeout=EVENT_WAIT) is True
     toolstack.request_shutdown("halt")
     store.rm("control/shutdown")  # a vanished key is an acknowledgement too
-    assert toolstack.wait_for_ack(timeout=1.0) is True
+    assert toolstack.wait_for_ack(timeout=EVENT_WAIT) is True
 
 
 def test_libxl_read_only_control_refuses_new_keys(guest_domain_factory) -> None:
@@ -257,7 +274,7 @@ def test_libxl_read_only_control_refuses_new_keys(guest_domain_factory) -> None:
         # The request is a plain write, so the guest can still acknowledge it.
         guest.toolstack.request_shutdown("reboot")
         store.write("control/shutdown", "")
-        assert guest.toolstack.wait_for_ack(timeout=1.0) is True
+        assert guest.toolstack.wait_for_ack(timeout=EVENT_WAIT) is True
     finally:
         store.close()
 
@@ -265,11 +282,11 @@ def test_libxl_read_only_control_refuses_new_keys(guest_domain_factory) -> None:
 def test_watches_fire_once_after_resume(guest_domain: GuestDomain, store: XenStore) -> None:
     events = watched(store, "control/shutdown", "shutdown")
     store.watch("data", "data")
-    events.wait_for(2)
-    events.settle()
+    assert sorted(events.through_barrier(store)) == [("control/shutdown", "shutdown"),
+                                                     ("data", "data")]  # the registrations
     events.clear()
     guest_domain.toolstack.simulate_suspend_resume()
-    got = events.settle()
+    got = events.through_barrier(store)  # every event the resume caused, each once
     assert sorted(got) == [("control/shutdown", "shutdown"), ("data", "data")]
     # Still watched after the resume.
     events.clear()
@@ -296,11 +313,13 @@ def test_requests_sent_while_suspended_complete_after_resume(guest_domain: Guest
     result: List[object] = []
     writer = threading.Thread(target=lambda: result.append(store.write("data/late", "1")))
     writer.start()
-    writer.join(0.2)
-    assert writer.is_alive()  # held, like a process frozen by the kernel
+    # held, like a process frozen by the kernel: the bridge keeps it and sent nothing (its own
+    # state, read on its I/O thread, instead of a sleep and "not done yet")
+    assert wait_for(lambda: bridge._call(lambda: len(bridge._held)) == 1)
+    assert writer.is_alive() and result == []
     guest_domain.toolstack.introduce()
     bridge.resume()
-    writer.join(3)
+    writer.join(EVENT_WAIT)
     assert result == [None]
     assert guest_domain.toolstack.client.read(f"{guest_domain.home}/data/late") == "1"
 
@@ -312,8 +331,7 @@ def test_migration_gives_a_fresh_tree_and_the_connection_stays(guest_domain: Gue
     store.write("data/os_name", "Debian")
     store.write("control/feature-poweroff", "1")
     events = watched(store, "control/shutdown", "shutdown")
-    events.wait_for(1)
-    events.settle()
+    assert events.through_barrier(store) == [("control/shutdown", "shutdown")]
     events.clear()
 
     new_uid = toolstack.simulate_migration()
@@ -323,7 +341,7 @@ def test_migration_gives_a_fresh_tree_and_the_connection_stays(guest_domain: Gue
     assert store.read("data/os_name") is None  # the tree is not migrated
     assert store.read("control/feature-poweroff") is None
     assert store.read("control/platform-feature-xs_reset_watches") == "1"
-    assert events.settle() == [("control/shutdown", "shutdown")]  # re-registered, fired once
+    assert events.through_barrier(store) == [("control/shutdown", "shutdown")]  # re-registered, fired once
     store.write("data/os_name", "Debian")  # the same connection, usable at once
     assert toolstack.client.get_perms(f"{guest_domain.home}/data") == ["n5"]
     events.clear()
@@ -355,10 +373,7 @@ def test_destroyed_domain_loses_its_connection_and_nodes(guest_domain: GuestDoma
     store.write("data/mine", "1")
     dom0 = guest_domain.toolstack.client
     guest_domain.toolstack.destroy(remove_home=False)
-    deadline = time.monotonic() + EVENT_WAIT
-    while dom0.is_introduced(5) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert not dom0.is_introduced(5)
+    assert wait_for(lambda: not dom0.is_introduced(5), timeout=EVENT_WAIT)
     assert dom0.read(f"{guest_domain.home}/data/mine") is None  # xenstored deleted it
     assert dom0.read(f"{guest_domain.home}/name") == "guest-5"  # dom0's node stays
 
@@ -371,9 +386,27 @@ def test_linux_kernel_acknowledges_what_it_handles(guest_domain_factory) -> None
     for name in ("poweroff", "reboot", "suspend"):
         assert dom0.read(f"{guest.home}/control/feature-{name}") == "1"
     assert dom0.read(f"{guest.home}/control/feature-halt") is None
-    assert toolstack.shutdown("poweroff", timeout=1.0) is True
-    assert toolstack.shutdown("garbage", timeout=0.2) is False  # ignored, never acknowledged
-    assert dom0.read(f"{guest.home}/control/shutdown") == "garbage"
+    assert toolstack.shutdown("poweroff", timeout=EVENT_WAIT) is True
+    # garbage is ignored, never acknowledged: shown by the kernel's requests in xenstored's
+    # trace, not by a wait.  A plain write (libxl's form of the request) takes effect at once,
+    # so the kernel's first READ after it reads "garbage", and the TRANSACTION_END after that
+    # READ ends its decision (shutdown_handler reads and acknowledges in one transaction).
+    path = f"{guest.home}/control/shutdown"
+    mark = guest.xenstored.mark()
+    dom0.write(path, "garbage")
+
+    def after_garbage() -> List[Tuple[str, object]]:
+        ops = [(r.op, r.path) for r in guest.xenstored.trace_requests()[mark:]]
+        return ops[ops.index(("WRITE", path)) + 1:]
+
+    def decided() -> bool:
+        ops = after_garbage()
+        read = ("READ", "control/shutdown")  # relative: the guest's own request
+        return read in ops and ("TRANSACTION_END", None) in ops[ops.index(read):]
+
+    assert wait_for(decided, timeout=EVENT_WAIT), after_garbage()
+    assert ("WRITE", "control/shutdown") not in after_garbage()  # no acknowledgement
+    assert dom0.read(path) == "garbage"
     assert guest.kernel is not None and guest.kernel.taken() == ["poweroff"]
 
 
@@ -381,7 +414,7 @@ def test_kernel_keeps_handling_after_migration_but_its_flags_are_gone(guest_doma
     guest = guest_domain_factory(kernel="linux")
     guest.toolstack.simulate_migration()
     assert guest.toolstack.client.read(f"{guest.home}/control/feature-poweroff") is None
-    assert guest.toolstack.shutdown("reboot", timeout=1.0) is True
+    assert guest.toolstack.shutdown("reboot", timeout=EVENT_WAIT) is True
 
 
 def test_freebsd_kernel_advertises_nothing(guest_domain_factory) -> None:
@@ -389,4 +422,4 @@ def test_freebsd_kernel_advertises_nothing(guest_domain_factory) -> None:
     assert sorted(guest.toolstack.client.ls(f"{guest.home}/control") or []) == [
         "has-vendor-device", "platform-feature-multiprocessor-suspend",
         "platform-feature-xs_reset_watches"]
-    assert guest.toolstack.shutdown("halt", timeout=1.0) is True
+    assert guest.toolstack.shutdown("halt", timeout=EVENT_WAIT) is True

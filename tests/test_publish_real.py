@@ -3,10 +3,10 @@ exactly what `show` prints, a second round writes nothing, stale keys are swept,
 and the daemon survives xenstored dying under it and a domain change."""
 
 import json
+import logging
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -114,7 +114,9 @@ def test_stale_keys_swept_and_foreign_keys_kept(xenstored, guest):
 def running(xenstored, guest):
     """A daemon (0.1 s poll) in a thread against the real xenstored."""
     config = Config(poll_interval=0.1)
-    store = XenStore(xenstored.spec, timeout=1.0)
+    # a request timeout a loaded machine cannot reach: a spurious timeout means a reconnect and
+    # a full republish, which the idle test would count (a dead xenstored is noticed at once)
+    store = XenStore(xenstored.spec, timeout=60.0)
     store.connect()
     daemon = Daemon(make_agent(guest, config), store, Publisher(store), config)
     thread = threading.Thread(target=daemon.run, daemon=True)
@@ -132,30 +134,35 @@ def test_daemon_follows_changes_and_is_silent_when_idle(running, xenstored, gues
     assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.7")
     # the round that wrote it is over once the daemon counts the next one
     settled = running.rounds + 1
-    assert wait_for(lambda: running.rounds >= settled, timeout=10)
+    assert wait_for(lambda: running.rounds >= settled)
     mark, start = xenstored.mark(), running.rounds
     # observed: five complete poll rounds with nothing changing (the daemon's round counter)
     assert wait_for(lambda: running.rounds >= start + 5, timeout=30)
     assert xenstored.count("WRITE", since=mark) == 0
 
 
-def test_daemon_survives_xenstored_restart_and_republishes(running, xenstored):
+def test_daemon_survives_xenstored_restart_and_republishes(running, xenstored, caplog):
+    caplog.set_level(logging.INFO, logger="xenguest_agent")
     xenstored.kill()
-    time.sleep(0.3)
+    # the daemon saw the outage (instead of a sleep hoping it did)
+    assert wait_for(lambda: "lost XenStore" in caplog.text), caplog.text
     xenstored.start()  # a fresh, empty store
-    assert wait_for(lambda: xenstored.read(f"{HOME}/data/os_distro") == "debian", timeout=10)
+    assert wait_for(lambda: "XenStore connection re-established" in caplog.text), caplog.text
+    assert wait_for(lambda: xenstored.read(f"{HOME}/data/os_distro") == "debian")
     assert xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2"
 
 
 def test_domain_change_triggers_full_republish(running, xenstored):
     xenstored.write(f"{HOME}/unique-domain-id", "aaaa")
-    time.sleep(0.3)
+    # the daemon counted that change as a resume (instead of a sleep hoping it served it)
+    assert wait_for(lambda: running.resumes == 1)
     # what a migration looks like to the guest: a new tree, a new unique-domain-id
     xenstored.rm(f"{HOME}/data")
     xenstored.rm(f"{HOME}/attr")
     xenstored.write(f"{HOME}/unique-domain-id", "bbbb")
-    # how fast is the benchmark's business (the full sweep is minutes away, so the watch did it)
-    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2", timeout=10)
+    # the unique-domain-id watch was served (how fast is the benchmark's business)
+    assert wait_for(lambda: running.resumes == 2)
+    assert wait_for(lambda: xenstored.read(f"{HOME}/attr/vif/0/ipv4/0") == "10.0.0.2")
     assert xenstored.read(f"{HOME}/data/os_name") == "Debian GNU/Linux 12 (bookworm)"
 
 
