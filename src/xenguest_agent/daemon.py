@@ -34,57 +34,34 @@ What the daemon is doing is kept in a small state file under /run for
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
 import threading
 import time
-from typing import Callable, Deque, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, FrozenSet, List, Optional, Set, Tuple
 
-from xenguest_agent import schema
 from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
-from xenguest_agent.control import SHUTDOWN_KEY, Control
+from xenguest_agent.control import Control
 from xenguest_agent.filewatch import FileWatch
 from xenguest_agent.hooks import Hooks
 from xenguest_agent.hotplug import HotplugThread
 from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
-from xenguest_agent.resume import DOMID, UNIQUE_DOMAIN_ID, ResumeDetector, suspended_seconds
+from xenguest_agent.resume import ResumeDetector, suspended_seconds
 from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.statefile import StateFile, wall_clock
 from xenguest_agent.staticip.driver import StaticIpDriver
-from xenguest_agent.staticip.manager import SRIOV_ROOT, VIF_ROOT
 from xenguest_agent.wakeup import Wakeup
+from xenguest_agent.watches import WatchInbox, set_watches
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def watch_token(path: str) -> str:
-    """The token of the watch on ``path``: one token per watch, never shared.  FreeBSD's
-    /dev/xen/xenstore refuses an XS_WATCH whose token is already registered on the open file
-    with EINVAL (freebsd-src sys/dev/xen/xenstore/xenstore_dev.c ``xs_dev_write``,
-    ``xs_dev_find_watch``); Linux's device and xenstored accept it."""
-    return "xenguest-agent:" + path
-
-
-TOKEN_UNIQUE_DOMAIN_ID = watch_token(UNIQUE_DOMAIN_ID)
-TOKEN_DOMID = watch_token(DOMID)
-TOKEN_SHUTDOWN = watch_token(SHUTDOWN_KEY)
-DOMAIN_TOKENS = frozenset({TOKEN_DOMID, TOKEN_UNIQUE_DOMAIN_ID})
-#: What the agent owns and keeps true: one watch each (they do not nest), so
-#: another writer's change or removal is seen and repaired (publisher.py).
-OWNED_PATHS = schema.OWNED_TREES + schema.OWNED_KEYS
-STATIC_IP_TOKENS = tuple(watch_token(p) for p in (VIF_ROOT, SRIOV_ROOT))
-
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
-
-#: Watch events kept between two wake-ups; past this the loop treats the batch
-#: as "anything may have changed" (a full check) instead of growing.
-WATCH_BACKLOG = 1024
 
 ALL = frozenset(COLLECTORS)
 
@@ -121,9 +98,8 @@ class Daemon:
         # flags set by producers (signal handlers, other threads); read and cleared by the loop
         self._stop_requested = False
         self._hup_requested = False
-        self._watch_overflow = False
         self._connection_ended = False
-        self._watch_events: Deque[Tuple[str, str]] = collections.deque()
+        self.watches = WatchInbox(self.wakeup.wake)
         # loop state
         self._stopping = False
         self._connected = False
@@ -143,13 +119,6 @@ class Daemon:
     def stop(self) -> None:
         """Ask the loop to finish (thread-safe, signal-safe)."""
         self._stop_requested = True
-        self.wakeup.wake()
-
-    def _on_watch(self, path: str, token: str) -> None:  # on the watch connection's thread
-        if len(self._watch_events) >= WATCH_BACKLOG:
-            self._watch_overflow = True
-        else:
-            self._watch_events.append((path, token))
         self.wakeup.wake()
 
     def _on_connection_ended(self) -> None:  # on a XenStore connection's thread
@@ -177,29 +146,13 @@ class Daemon:
 
     # --- XenStore session ----------------------------------------------------------------
 
-    def _watch(self, path: str) -> None:
-        """One watch; a refusal about this path is logged and the others still go."""
-        try:
-            self.store.watch(path, watch_token(path))
-        except XenStoreUnavailable:
-            raise
-        except XenStoreError as exc:
-            log.warning("cannot watch %s: %s", path, exc)
-
     def _start_session(self) -> None:
         """Watches first (nothing that can fail for one key comes before them), then a
         full publish: the tree may be empty or someone else's."""
-        self.store.on_event(self._on_watch)
+        self.store.on_event(self.watches.put)
         self.store.on_lost(self._on_connection_ended)
-        if self.control is not None:
-            self._watch(SHUTDOWN_KEY)
-        self._watch(DOMID)
-        self._watch(UNIQUE_DOMAIN_ID)
-        for path in OWNED_PATHS:
-            self.publisher.expect_event(path)  # a new watch fires once: not a change
-            self._watch(path)
-        for path in self.static_ip.watch_paths() if self.static_ip is not None else ():
-            self._watch(path)
+        set_watches(self.store, self.control is not None, self.publisher.expect_event,
+                    self.static_ip.watch_paths() if self.static_ip is not None else ())
         self._connected = True
         self.resume.start(self.store)
         if self.control is not None:
@@ -302,25 +255,6 @@ class Daemon:
 
     # --- one wake-up's worth of work -----------------------------------------------------
 
-    def _take_watch_events(self) -> Tuple[bool, bool, bool]:
-        """(a domain key may have changed, control/shutdown may have changed, a static
-        IP setting may have changed)."""
-        domain = control = static = self._watch_overflow
-        self._watch_overflow = False
-        if domain:  # events were dropped: owned keys may have changed too
-            self._repair = True
-        while self._watch_events:
-            path, token = self._watch_events.popleft()
-            if token in DOMAIN_TOKENS:
-                domain = True
-            elif token == TOKEN_SHUTDOWN:
-                control = True
-            elif token.startswith(STATIC_IP_TOKENS):
-                static = True
-            elif self.publisher.note_event(path):
-                self._repair = True
-        return domain, control, static
-
     def _serve(self) -> None:
         """Everything the flags say happened, control first, then one publish."""
         if self._stop_requested:
@@ -334,12 +268,13 @@ class Daemon:
             self._connection_ended = False
             if self._connected and not (self.store.connected and self.store.watching):
                 self._lost(XenStoreUnavailable("XenStore closed the connection"))
-        domain, control, static = self._take_watch_events()
-        if domain:
+        batch = self.watches.take()
+        self._repair |= batch.overflow or any([self.publisher.note_event(p) for p in batch.other])
+        if batch.domain:
             self._guarded(self._check_resume)
-        if control and self.control is not None:
+        if batch.control and self.control is not None:
             self._guarded(lambda: self.control.on_event(self.store))  # type: ignore[union-attr]
-        if static and self.static_ip is not None:
+        if batch.static_ip and self.static_ip is not None:
             self._guarded(lambda: self.static_ip.on_event(self.store))  # type: ignore[union-attr]
         if self._jobs_done:  # a hook, a power command or a static IP job finished
             self._jobs_done = False

@@ -182,6 +182,7 @@ class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
     (the reason is kept for the error message) instead of a thread traceback."""
 
     failure: Optional[str] = None
+    finished = False
     #: Called on the router's thread when it ends, whatever the reason: an idle daemon
     #: learns at once that xenstored went away (XenStore.on_lost).
     ended: Optional[Callable[[], None]] = None
@@ -193,8 +194,13 @@ class _Router(Router):  # type: ignore[misc]  # pyxs has no type information
             self.failure = f"{type(exc).__name__}: {exc}"
             log.debug("xenstore router for %s stopped: %s", self.connection.path, self.failure)
         finally:
+            self.finished = True  # before the callback: the thread is still alive during it
             if self.ended is not None:
                 self.ended()
+
+    @property
+    def alive(self) -> bool:
+        return not self.finished and bool(self.thread.is_alive())
 
 
 class _Sink:
@@ -314,7 +320,7 @@ class XenStore:
 
     @property
     def connected(self) -> bool:
-        return self._router is not None and self._router.thread.is_alive()
+        return self._router is not None and self._router.alive
 
     # --- requests ------------------------------------------------------------------------
 
@@ -336,7 +342,7 @@ class XenStore:
         deadline = time.monotonic() + self.timeout
         with rvar.condition:
             while rvar.target is None:
-                if not router.thread.is_alive():
+                if not router.alive:
                     reason = router.failure or "connection closed"
                     raise XenStoreUnavailable(f"XenStore connection {self.path} lost: {reason}")
                 remaining = deadline - time.monotonic()
@@ -428,7 +434,7 @@ class XenStore:
         if self._callback is None:
             raise RuntimeError("on_event() must be set before watch()")
         payload = check_path(path, watch=True) + NUL + check_value(path, token) + NUL
-        if self._watch_router is None or not self._watch_router.thread.is_alive():
+        if self._watch_router is None or not self._watch_router.alive:
             self._watch_router = self._new_router()
         router = self._watch_router
         if not router.monitors.get(token.encode("ascii")):
@@ -438,4 +444,4 @@ class XenStore:
     @property
     def watching(self) -> bool:
         """False once the watch connection broke (watches must be set up again)."""
-        return self._watch_router is not None and self._watch_router.thread.is_alive()
+        return self._watch_router is not None and self._watch_router.alive
