@@ -133,8 +133,13 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str, back
     if args.root == "/":  # a captured tree has no live kernel to listen to
         from xenguest_agent.netevents import NetworkEvents
         net_events = NetworkEvents(os_name=backend.name)
+    shutdown_kind = None
+    if args.root == "/":  # only a live system can be shutting down
+        from xenguest_agent.shutdownstate import system_shutdown_kind
+        runner = SubprocessRunner()
+        shutdown_kind = lambda: system_shutdown_kind(runner)
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
-                    net_events=net_events)
+                    net_events=net_events, shutdown_kind=shutdown_kind)
     try:
         store.connect()
         if not args.once:

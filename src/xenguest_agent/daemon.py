@@ -45,7 +45,7 @@ from typing import Callable, Deque, FrozenSet, Optional, Set, Tuple
 
 from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
-from xenguest_agent.control import SHUTDOWN_KEY, Control
+from xenguest_agent.control import HOOK_FOR, SHUTDOWN_KEY, Control
 from xenguest_agent.hooks import Hooks
 from xenguest_agent.netevents import RESYNC, NetworkEvents
 from xenguest_agent.publisher import Publisher
@@ -98,6 +98,7 @@ class Daemon:
     def __init__(self, agent: Agent, store: XenStore, publisher: Publisher, config: Config,
                  control: Optional[Control] = None, hooks: Optional[Hooks] = None,
                  net_events: Optional[NetworkEvents] = None,
+                 shutdown_kind: Optional[Callable[[], Optional[str]]] = None,
                  clock: Callable[[], float] = time.monotonic,
                  suspended: Callable[[], float] = suspended_seconds) -> None:
         self.agent = agent
@@ -107,6 +108,7 @@ class Daemon:
         self.control = control
         self.hooks = hooks
         self.net_events = net_events
+        self.shutdown_kind = shutdown_kind
         self.clock = clock
         self.suspended = suspended
         self.wakeup = Wakeup()
@@ -352,11 +354,28 @@ class Daemon:
                      self.config.poll_interval)
             tick, tick_only, sweep = self.config.poll_interval, ALL, None
         try:
-            return self._loop(tick, tick_only, sweep)
+            status = self._loop(tick, tick_only, sweep)
         finally:
             if self.net_events is not None:
                 self.net_events.close()
             self.wakeup.close()
+        self._shutdown_hooks()
+        return status
+
+    def _shutdown_hooks(self) -> None:
+        """Stopped because the system is going down: run its pre-shutdown/pre-reboot hooks.
+
+        Linux acknowledges control/shutdown itself and starts the orderly poweroff or reboot,
+        so the agent learns of it only here, when systemd stops the unit during that shutdown
+        (shutdownstate.py).  Synchronous, each hook bounded by the hook timeout, which the
+        unit's stop timeout exceeds; a plain stop of the service runs none."""
+        if self.hooks is None or self.shutdown_kind is None:
+            return
+        kind = self.shutdown_kind()
+        if kind is None:
+            return
+        log.info("stopped for a system %s: running the %s hooks", kind, HOOK_FOR[kind])
+        self.hooks.run(HOOK_FOR[kind], {"request": kind})
 
     def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
         poller = select.poll()
