@@ -102,8 +102,13 @@ def build_deb(sdist: Path, pyxs: Path, dist: Path, ver: str) -> Path:
         shutil.copytree(tree / "packaging" / "debian", tree / "debian")
         (tree / "vendor").mkdir()
         shutil.move(str(unpack(pyxs, Path(scratch)) / "pyxs"), str(tree / "vendor" / "pyxs"))
-        shutil.copy(tree / "systemd" / "xenguest-agent.service",
-                    tree / "debian" / "xenguest-agent.service")
+        # The unit as the package installs it: ExecStart is the package's launcher, not the
+        # README's virtualenv at /opt/xenguest-agent, which the package does not install.
+        unit = (tree / "systemd" / "xenguest-agent.service").read_text()
+        unit, count = re.subn(r"^ExecStart=\S+", "ExecStart=/usr/bin/xenguest-agent", unit, flags=re.M)
+        if count != 1:
+            die("systemd/xenguest-agent.service: no single ExecStart= line to point at /usr/bin")
+        (tree / "debian" / "xenguest-agent.service").write_text(unit)
         (tree / "debian" / "changelog").write_text(
             f"xenguest-agent ({ver}-1) unstable; urgency=medium\n\n"
             "  * Built from the upstream tree by packaging/build.py.\n\n"
