@@ -635,6 +635,23 @@ class Scenario:
         return time.monotonic() - t0, "key back %.2fs after `systemctl reload`; journal: SIGHUP republish " \
             "(%s -> %s), same pid %s" % (secs, before[0], after[0], after[1])
 
+    def plain_stop(self):
+        """`systemctl stop` outside a shutdown runs no shutdown hook; `start` brings the tree back."""
+        g = self.g
+        t0 = time.monotonic()
+        g.cmd("systemctl stop xenguest-agent.service", 60)
+        _, out = g.cmd("systemctl is-active xenguest-agent.service; grep 'xgs-hook pre-' "
+                       "/var/log/xgs-hooks.log 2>/dev/null; true")
+        g.cmd("systemctl start xenguest-agent.service", 60)
+        state, hooks = out.split("\n", 1)[0], out.split("\n", 1)[1].strip()
+        if state != "inactive":
+            raise Fail("after systemctl stop the unit is %r" % state)
+        if hooks:
+            raise Fail("a shutdown hook ran on a plain systemctl stop: %s" % hooks)
+        _, t_tree = g.wait_tree(CFG["tree_timeout"])
+        return time.monotonic() - t0, "stopped (inactive), no pre-* hook ran; started again, tree " \
+            "complete %.1fs later" % t_tree
+
     def hook_ran(self, event):
         """The hook of `event` ran in the guest for the current domain (its line in the hooks log)."""
         g = self.g
@@ -739,6 +756,7 @@ class Scenario:
         self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
         self.sample("tree complete")
         self.step("systemctl reload republishes", self.reload)
+        self.step("systemctl stop: no shutdown hook", self.plain_stop)
         self.step("address add/remove", self.address_change)
         if self.step("xl save + restore", self.save_restore):
             self.step("post-resume hook ran", lambda: self.hook_ran("post-resume"))
