@@ -69,3 +69,46 @@ def test_stopped_during_a_system_shutdown_runs_its_hooks(xenstored, tmp_path, ki
 
 def test_a_plain_stop_runs_no_shutdown_hook(xenstored, tmp_path):
     assert run_and_stop(xenstored, tmp_path, None) == []
+
+
+def test_a_request_the_agent_already_served_does_not_run_its_hook_twice(xenstored, tmp_path):
+    """When the agent sees control/shutdown before the kernel acknowledges it (a race the agent
+    sometimes wins: seen in the system test, where the pre-reboot hook ran with the stop-path
+    wiring absent), Control runs the pre-reboot hook; the kernel's reboot then stops the agent,
+    and the stop path must not run the same hook a second time."""
+    from xenguest_agent.config import ControlConfig
+    from xenguest_agent.control import Control
+    from xenguest_agent.host import CommandResult
+
+    def runner(argv, timeout=5.0):
+        return CommandResult(tuple(argv), 0, "", "")
+
+    hooks_dir = tmp_path / "hooks"
+    ran = tmp_path / "ran"
+    (hooks_dir / "pre-reboot").mkdir(parents=True)
+    hook = hooks_dir / "pre-reboot" / "10-record"
+    hook.write_text('#!/bin/sh\necho "$1 $XENGUEST_REQUEST" >> %s\n' % ran)
+    os.chmod(hook, 0o755)
+    guest = GuestRoot(tmp_path / "guest")
+    host = Host(str(guest.root))
+    config = Config(interval=600, control=ControlConfig(mode="observe"))
+    store = XenStore(xenstored.spec)
+    store.connect()
+    hooks = Hooks(str(hooks_dir))
+    control = Control(config.control, {}, runner, hooks, (), (), time.monotonic)
+    daemon = Daemon(Agent(LinuxBackend(host, CapturedAddresses(host)), config), store,
+                    Publisher(store), config, control=control, hooks=hooks,
+                    shutdown_kind=lambda: "reboot")
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=30)
+        xenstored.write(f"{HOME}/control/shutdown", "reboot")
+        assert wait_for(lambda: ran.exists(), timeout=60)
+        xenstored.write(f"{HOME}/control/shutdown", "")  # the kernel's acknowledgement
+    finally:
+        daemon.stop()
+        thread.join(60)
+        store.close()
+    assert not thread.is_alive()
+    assert ran.read_text().splitlines() == ["pre-reboot reboot"]

@@ -84,6 +84,9 @@ class Control:
         self.unadvertised = unadvertised
         self.clock = clock
         self.pending: Optional[Pending] = None
+        #: the last poweroff/reboot/halt request whose pre-* hooks ran here (the daemon's stop
+        #: path then does not run them again when that shutdown stops the agent)
+        self.served_shutdown: Optional[str] = None
         self.seen_kernel_features: Set[str] = set()
         self._refused: Dict[str, None] = {}
 
@@ -134,6 +137,8 @@ class Control:
             return
         deadline = now + self.config.grace if mode == "auto" and value in ACTIONS else None
         self.pending = Pending(value, now, deadline)
+        if value in ACTIONS:
+            self.served_shutdown = value
         self.hooks.run(HOOK_FOR[value], {"request": value})
         if deadline is not None and self.clock() >= deadline:
             self.on_deadline(store)
@@ -175,6 +180,7 @@ class Control:
             raise
         except XenStoreError as exc:
             log.error("could not acknowledge %s: %s (carrying it out anyway)", request, exc)
+        self.served_shutdown = request
         if not hooks_done:
             self.hooks.run(HOOK_FOR[request], {"request": request})
         try:

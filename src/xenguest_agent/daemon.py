@@ -374,6 +374,11 @@ class Daemon:
         kind = self.shutdown_kind()
         if kind is None:
             return
+        served = self.control.served_shutdown if self.control is not None else None
+        if served is not None and HOOK_FOR[served] == HOOK_FOR[kind]:
+            log.info("stopped for a system %s: its %s hooks already ran for the %s request",
+                     kind, HOOK_FOR[kind], served)
+            return
         log.info("stopped for a system %s: running the %s hooks", kind, HOOK_FOR[kind])
         self.hooks.run(HOOK_FOR[kind], {"request": kind})
 
