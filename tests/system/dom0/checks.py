@@ -591,6 +591,8 @@ class Scenario:
             problems.append("unit file %s, not the package's" % props.get("FragmentPath"))
         if "path=/usr/bin/xenguest-agent " not in props.get("ExecStart", ""):
             problems.append("ExecStart %s" % props.get("ExecStart"))
+        if props.get("MainPID", "0") == "0":
+            problems.append("no main process (MainPID=0)")
         if props.get("NRestarts") != "0":
             problems.append("NRestarts=%s" % props.get("NRestarts"))
         status = [l for l in lines if l.startswith("install ok installed ")]
