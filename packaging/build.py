@@ -102,6 +102,7 @@ def build_deb(sdist: Path, pyxs: Path, dist: Path, ver: str) -> Path:
         shutil.copytree(tree / "packaging" / "debian", tree / "debian")
         (tree / "vendor").mkdir()
         shutil.move(str(unpack(pyxs, Path(scratch)) / "pyxs"), str(tree / "vendor" / "pyxs"))
+        # the unit's ExecStart is already the package's launcher, /usr/bin/xenguest-agent
         shutil.copy(tree / "systemd" / "xenguest-agent.service",
                     tree / "debian" / "xenguest-agent.service")
         (tree / "debian" / "changelog").write_text(

@@ -33,7 +33,7 @@ from xenguest_agent.config import (
     load_config,
 )
 from xenguest_agent.fixture import FixtureRunner
-from xenguest_agent.host import Host
+from xenguest_agent.host import Host, SubprocessRunner
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,11 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
     if args.root == "/":  # a captured tree has no live kernel to listen to
         from xenguest_agent.netevents import NetworkEvents
         net_events = NetworkEvents(os_name=backend.name)
+    shutdown_kind = None
+    if args.root == "/":  # only a live system can be shutting down
+        from xenguest_agent.shutdownstate import system_shutdown_kind
+        runner = SubprocessRunner()
+        shutdown_kind = lambda: system_shutdown_kind(runner)  # noqa: E731
     hotplug = None
     if args.root == "/" and backend.name == "linux" and not args.once:
         from xenguest_agent.hotplug import HotplugEvents, HotplugThread
@@ -198,7 +203,7 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
                     net_events=net_events, file_watch=FileWatch(Host(args.root), backend.name),
                     notifier=Notifier.from_environ(os.environ), hotplug=hotplug, state=state,
-                    static_ip=static_ip)
+                    static_ip=static_ip, shutdown_kind=shutdown_kind)
     log.info("xenguest-agent %s starting: %s backend, XenStore %s", __version__, backend.name, spec)
     try:
         store.connect()

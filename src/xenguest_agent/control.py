@@ -110,6 +110,9 @@ class Control:
         self.clock = clock
         self.state_path = state_path
         self.pending: Optional[Pending] = None
+        #: the last poweroff/reboot/halt request whose pre-* hooks ran here (the daemon's stop
+        #: path then does not run them again when that shutdown stops the agent)
+        self.served_shutdown: Optional[str] = None
         self.seen_kernel_features: Set[str] = set()
         self._state_loaded = False
         self._handled: Optional[str] = None  # the request acted on while the key holds it
@@ -260,6 +263,8 @@ class Control:
             return
         deadline = now + self.config.grace if mode == "auto" and value in ACTIONS else None
         self.pending = Pending(value, now, deadline)
+        if value in ACTIONS:
+            self.served_shutdown = value
         self.pending.jobs.append(self.hooks.start(HOOK_FOR[value], {"request": value}))
 
     def on_deadline(self, store: XenStore) -> None:
@@ -332,6 +337,8 @@ class Control:
             log.warning("carrying out %s (%s): %s", request, reason, " ".join(argv))
             act = True
         if not hooks_started:
+            if request in ACTIONS:
+                self.served_shutdown = request
             pending.jobs.append(self.hooks.start(HOOK_FOR[request], {"request": request}))
         if act and argv:
             # queued behind the hooks: it starts once they finished or were killed

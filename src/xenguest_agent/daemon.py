@@ -51,6 +51,7 @@ from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
 from xenguest_agent.resume import ResumeDetector, suspended_seconds
 from xenguest_agent.sdnotify import Notifier
+from xenguest_agent.shutdownstate import run_shutdown_hooks
 from xenguest_agent.statefile import StateFile, wall_clock
 from xenguest_agent.staticip.driver import StaticIpDriver
 from xenguest_agent.wakeup import Wakeup
@@ -78,13 +79,15 @@ class Daemon:
                  notifier: Optional[Notifier] = None,
                  hotplug: Optional[HotplugThread] = None,
                  state: Optional[StateFile] = None,
-                 static_ip: Optional[StaticIpDriver] = None) -> None:
+                 static_ip: Optional[StaticIpDriver] = None,
+                 shutdown_kind: Optional[Callable[[], Optional[str]]] = None) -> None:
         self.agent = agent
         self.store = store
         self.publisher = publisher
         self.config = config
         self.control = control
         self.hooks = hooks
+        self.shutdown_kind = shutdown_kind
         self.clock = clock
         self.resume = ResumeDetector(suspended)
         self.state = state
@@ -324,7 +327,7 @@ class Daemon:
             else:
                 tick, tick_only, sweep = self.config.poll_interval, ALL, None
             looping = True
-            return self._loop(tick, tick_only, sweep)
+            self._loop(tick, tick_only, sweep)
         finally:
             if looping:
                 self.notifier.stopping()
@@ -336,6 +339,10 @@ class Daemon:
                 self.hotplug.stop()
             self.sources.close()
             self.notifier.close()
+        if self.hooks is not None and self.shutdown_kind is not None:
+            run_shutdown_hooks(self.hooks, self.shutdown_kind(),
+                               self.control.served_shutdown if self.control is not None else None)
+        return 0
 
     def _open_sources(self) -> bool:
         """Network events and file watches; True when network changes arrive as events."""
@@ -348,7 +355,7 @@ class Daemon:
                  self.config.poll_interval)
         return False
 
-    def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> int:
+    def _loop(self, tick: float, tick_only: FrozenSet[str], sweep: Optional[float]) -> None:
         now = self.clock()
         next_round = now + tick
         next_sweep = None if sweep is None else now + sweep
@@ -395,4 +402,3 @@ class Daemon:
                             self.config.poll_interval)
                 tick, tick_only, sweep, next_sweep = self.config.poll_interval, ALL, None, None
         log.info("stopped after %d rounds", self.rounds)
-        return 0

@@ -22,6 +22,13 @@ CFG = json.load(open("/opt/xgs/config.json"))
 T0 = time.monotonic()
 FAILED = []
 CLK_TCK = 100  # x86 Linux
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def UNIT_LINE(verb):
+    """systemd's console status line for the agent's unit; systemd cuts it to the console's 80
+    columns, the unit name included ("Started xenguest-agent.ser… Xen guest agent (...)")."""
+    return re.compile(r"%s xenguest-agent\.ser(vice|\S*\u2026)" % verb)
 
 # What the agent must publish before a tree counts as "complete" (relative to the home).
 REQUIRED = ["attr/PVAddons/MajorVersion", "attr/PVAddons/MinorVersion", "attr/PVAddons/MicroVersion",
@@ -113,14 +120,30 @@ class Guest:
         self.domid = None
         self.cfg = "/etc/xen/%s.cfg" % self.name
         self.console_log = "/var/log/xen/console/guest-%s.log" % self.name
+        self.systemd = sc.get("image") == "systemd"
+        if self.systemd:
+            # A Debian guest with systemd as PID 1, its whole root in the initramfs (sysguest.py);
+            # the agent is the .deb's unit. systemd.show_status: the unit's start/stop lines on the
+            # console even with `quiet`.
+            ramdisk, memory = "/opt/xgs/sysguest.cpio.zst", CFG["sysguest_memory"]
+            extra = "console=hvc0 rdinit=/sbin/init %s systemd.show_status=1 systemd.hostname=%s" % (
+                "" if CFG["debug"] else "quiet", self.name)
+            self.pid_cmd = "systemctl show -p MainPID --value xenguest-agent.service"
+            self.log_cmd = "journalctl -u xenguest-agent.service --no-pager -o short-monotonic -n %d"
+        else:
+            ramdisk, memory = "/opt/xgs/domu.cpio.zst", CFG["domu_memory"]
+            extra = "console=hvc0 %s xgs.name=%s xgs.ip=%s/24 xgs.ip6=%s/64 xgs.agent=%s xgs.debug=%d" % (
+                "" if CFG["debug"] else "quiet", self.name, self.ip, self.ip6, CFG["agent"], CFG["debug"])
+            self.pid_cmd = "cat /run/agent.pid"
+            self.log_cmd = "tail -n %d /var/log/agent.log"
+        self.ifname = "eth0"  # the systemd guest's is found after boot (udev names it)
         lines = [
             'name = "%s"' % self.name,
             'type = "%s"' % self.kind,
             'kernel = "/opt/xgs/vmlinuz"',
-            'ramdisk = "/opt/xgs/domu.cpio.zst"',
-            'extra = "console=hvc0 %s xgs.name=%s xgs.ip=%s/24 xgs.ip6=%s/64 xgs.agent=%s xgs.debug=%d"'
-            % ("" if CFG["debug"] else "quiet", self.name, self.ip, self.ip6, CFG["agent"], CFG["debug"]),
-            "memory = %d" % CFG["domu_memory"],
+            'ramdisk = "%s"' % ramdisk,
+            'extra = "%s"' % extra,
+            "memory = %d" % memory,
             "vcpus = 1",
             'vif = [ "mac=%s,bridge=xenbr0" ]' % sc["mac"],
             'on_poweroff = "destroy"',
@@ -189,6 +212,11 @@ class Guest:
         def up():
             if self.crashed():
                 raise Fatal("the guest crashed (see the Xen lines of the console log)")
+            now = self.lookup_domid()
+            if now != self.domid:
+                # Xen turns an HVM/PVH triple fault into a reboot; xl then restarts the domain.
+                raise Fatal("the guest restarted by itself (domid %s -> %s): it crashed (see the Xen "
+                            "lines of the console log)" % (self.domid, now))
             try:
                 return self.cmd("true", 10)[0] == 0  # waits up to 30 s for an answer
             except Fatal:
@@ -210,10 +238,10 @@ class Guest:
 
     def agent_dead(self):
         """None while the agent runs, else the tail of its log (it exited)."""
-        rc, out = self.cmd("kill -0 $(cat /run/agent.pid) 2>/dev/null || { echo \"agent pid "
-                           "$(cat /run/agent.pid) is gone; kernel:\"; dmesg | grep -iE "
+        rc, out = self.cmd("p=$(%s); [ \"${p:-0}\" != 0 ] && kill -0 $p 2>/dev/null || { echo \"agent "
+                           "pid $p is gone; kernel:\"; dmesg | grep -iE "
                            "'segfault|trap|killed process|oom' | tail -n 5; echo 'agent log:'; "
-                           "tail -n 25 /var/log/agent.log; }", 20, check=False)
+                           "%s; }" % (self.pid_cmd, self.log_cmd % 25), 20, check=False)
         return out if out.strip() else None
 
     def wait_tree(self, timeout):
@@ -249,8 +277,8 @@ class Guest:
 
     def agent_stats(self):
         """(pid, cpu seconds, seconds alive, VmRSS KiB, VmHWM KiB) of the agent in the guest."""
-        _, out = self.cmd("p=$(cat /run/agent.pid); echo $p; cat /proc/$p/stat; cat /proc/uptime; "
-                          "grep -E '^Vm(RSS|HWM)' /proc/$p/status")
+        _, out = self.cmd("p=$(%s); echo $p; cat /proc/$p/stat; cat /proc/uptime; "
+                          "grep -E '^Vm(RSS|HWM)' /proc/$p/status" % self.pid_cmd)
         lines = out.strip().split("\n")
         pid = int(lines[0])
         fields = lines[1].rsplit(")", 1)[1].split()
@@ -266,8 +294,12 @@ class Guest:
         if self.domid is not None:
             diag("xenstore-ls %s" % self.home, run(["xenstore-ls", "-f", self.home], 30).stdout)
             try:
-                diag("agent log (guest /var/log/agent.log)",
-                     self.cmd("tail -n 60 /var/log/agent.log", 20, check=False)[1])
+                diag("agent log (guest: %s)" % (self.log_cmd % 60),
+                     self.cmd(self.log_cmd % 60, 20, check=False)[1])
+                if self.systemd:
+                    diag("guest systemctl status / hooks log", self.cmd(
+                        "systemctl --no-pager status xenguest-agent.service; systemctl --failed "
+                        "--no-pager; cat /var/log/xgs-hooks.log", 20, check=False)[1])
             except Fail as exc:
                 diag("agent log", "unreachable: %s" % exc)
         try:
@@ -368,18 +400,34 @@ class Scenario:
     # -- the steps -------------------------------------------------------------------------------
 
     def create(self):
+        """xl create until user space answers. A guest kernel that dies before that (seen once in
+        many boots under TCG: a PVH guest's triple fault in early boot, before the agent exists)
+        is booted once more, and the detail says so; a second failure fails the check."""
         t0 = time.monotonic()
-        sh(["xl", "create"] + (["-p"] if self.g.xenopsd else []) + [self.g.cfg], 120)
-        created = time.monotonic() - t0
-        self.g.adopt(paused=self.g.xenopsd)
-        secs = self.g.wait_channel(180)
-        return time.monotonic() - t0, "xl create %.1fs, guest userspace up %.1fs later, domid %d%s" % (
-            created, secs, self.g.domid, " (unique-domain-id written while paused)" if self.g.xenopsd else "")
+        retried = ""
+        for attempt in (1, 2):
+            t1 = time.monotonic()
+            sh(["xl", "create"] + (["-p"] if self.g.xenopsd else []) + [self.g.cfg], 120)
+            created = time.monotonic() - t1
+            self.g.adopt(paused=self.g.xenopsd)
+            try:
+                secs = self.g.wait_channel(180)
+                break
+            except Fatal as exc:
+                if attempt == 2 or not ("crashed" in str(exc) or "restarted by itself" in str(exc)):
+                    raise
+                say("%s: first boot failed (%s); booting once more" % (self.sc["name"], exc))
+                retried = "; FIRST BOOT FAILED (%s), booted again" % exc
+                run(["xl", "destroy", self.g.name], 60)
+        return time.monotonic() - t0, "xl create %.1fs, guest userspace up %.1fs later, domid %d%s%s" % (
+            created, secs, self.g.domid, " (unique-domain-id written while paused)" if self.g.xenopsd
+            else "", retried)
 
     def address_change(self):
         g = self.g
         add4, add6 = g.sc["extra_ip"], g.sc["extra_ip6"]
-        g.cmd("ip addr add %s/24 dev eth0 && ip -6 addr add %s/64 dev eth0" % (add4, add6))
+        dev = g.ifname
+        g.cmd("ip addr add %s/24 dev %s && ip -6 addr add %s/64 dev %s" % (add4, dev, add6, dev))
 
         def present():
             t = g.tree()
@@ -389,7 +437,7 @@ class Scenario:
         tree, t_add = wait_for("added %s and %s in attr/vif/0" % (add4, add6), present,
                                CFG["address_timeout"], 0.2)
         stable = tree.get("attr/vif/0/ipv4/0") == g.ip
-        g.cmd("ip addr del %s/24 dev eth0 && ip -6 addr del %s/64 dev eth0" % (add4, add6))
+        g.cmd("ip addr del %s/24 dev %s && ip -6 addr del %s/64 dev %s" % (add4, dev, add6, dev))
 
         def absent():
             t = g.tree()
@@ -519,20 +567,235 @@ class Scenario:
             t_xl, t_gone, "; agent stopped on SIGTERM in %.1fs" % (int(stopped.group(1)) / 10)
             if stopped else "; agent stop not seen on console")
 
+    # -- the systemd guest (the agent as the .deb installs it) ----------------------------------
+
+    def console_since(self, mark):
+        """The guest console from `mark` on, without the colour codes systemd puts around names."""
+        return ANSI.sub("", self.console_text()[mark:])
+
+    def find_ifname(self):
+        _, out = self.g.cmd("for i in /sys/class/net/*; do [ \"$(cat $i/address)\" = %s ] && "
+                            "basename $i; done; true" % self.sc["mac"])
+        if not out.strip():
+            raise Fail("no interface with MAC %s in the guest" % self.sc["mac"])
+        self.g.ifname = out.split()[0]
+
+    def service_active(self, mark):
+        """The unit the package installed and enabled is active, and the console says it started."""
+        g = self.g
+        t0 = time.monotonic()
+
+        def active():
+            return g.cmd("systemctl is-active xenguest-agent.service", 20, check=False)[1].strip() \
+                == "active"
+
+        try:
+            wait_for("xenguest-agent.service active", active, 120, 1)
+        except Fail as exc:
+            raise Fail("%s; systemctl status:\n%s" % (exc, g.cmd(
+                "systemctl --no-pager status xenguest-agent.service", 20, check=False)[1])) from None
+        secs = time.monotonic() - t0
+        self.find_ifname()
+        _, out = g.cmd("systemctl is-enabled xenguest-agent.service; systemctl show -p FragmentPath "
+                       "-p ExecStart -p NRestarts -p MainPID xenguest-agent.service; "
+                       "dpkg-query -W -f '${Status} ${Version}\\n' xenguest-agent; "
+                       "dpkg -S /usr/bin/xenguest-agent; systemctl is-system-running; "
+                       "ls /opt/agent /opt/xenguest-agent 2>&1 | head -2; true")
+        lines = out.strip().split("\n")
+        props = dict(ln.split("=", 1) for ln in lines if re.match(r"^(FragmentPath|ExecStart|NRestarts|"
+                                                                 r"MainPID)=", ln))
+        problems = []
+        if lines[0] != "enabled":
+            problems.append("is-enabled: %s" % lines[0])
+        if props.get("FragmentPath") not in ("/lib/systemd/system/xenguest-agent.service",
+                                             "/usr/lib/systemd/system/xenguest-agent.service"):
+            problems.append("unit file %s, not the package's" % props.get("FragmentPath"))
+        if "path=/usr/bin/xenguest-agent " not in props.get("ExecStart", ""):
+            problems.append("ExecStart %s" % props.get("ExecStart"))
+        if props.get("MainPID", "0") == "0":
+            problems.append("no main process (MainPID=0)")
+        if props.get("NRestarts") != "0":
+            problems.append("NRestarts=%s" % props.get("NRestarts"))
+        status = [ln for ln in lines if ln.startswith("install ok installed ")]
+        if not status:
+            problems.append("dpkg: xenguest-agent not installed")
+        if not any(ln.startswith("xenguest-agent: /usr/bin/xenguest-agent") for ln in lines):
+            problems.append("/usr/bin/xenguest-agent not owned by the package")
+        if not any("No such file" in ln for ln in lines[-2:]):
+            problems.append("a copied agent tree exists: %s" % lines[-2:])
+        console = self.console_since(mark)
+        started = UNIT_LINE("Started").search(console)
+        if not started:
+            problems.append("the console shows no 'Started xenguest-agent.service'")
+        if problems:
+            raise Fail("; ".join(problems) + ("" if started else "\nguest console (%d bytes since the "
+                       "mark), its lines about the agent or else its head:\n%s" % (
+                           len(console), "\n".join([ln for ln in console.splitlines()
+                                                    if "xenguest" in ln][:20]
+                                                   or console.splitlines()[:40]))))
+        state = [ln for ln in lines if ln in ("running", "degraded", "starting")]
+        return secs, "enabled + active %.1fs after the channel, pid %s, %s, system %s; console: Started" % (
+            secs, props.get("MainPID"), status[0].replace("install ok installed ", "package "),
+            state[0] if state else "?")
+
+    def reload(self):
+        """`systemctl reload` (the unit's ExecReload: SIGHUP) republishes: a key removed from dom0
+        is back, the same process logged the SIGHUP republish."""
+        g = self.g
+        count = ("journalctl -u xenguest-agent.service --no-pager -o cat | grep -c 'SIGHUP: full "
+                 "republish'; %s" % g.pid_cmd)
+        before = g.cmd(count + "; true")[1].split()
+        key = g.home + "/data/os_uname"
+        sh(["xenstore-rm", key])
+        t0 = time.monotonic()
+        g.cmd("systemctl reload xenguest-agent.service")
+        _, secs = wait_for("%s back after the reload" % key, lambda: xs_read(key), 60, 0.2)
+        _, t_log = wait_for("the SIGHUP republish in the journal", lambda: int(g.cmd(
+            count + "; true")[1].split()[0]) > int(before[0]), 30, 0.5)
+        after = g.cmd(count + "; true")[1].split()
+        if after[1] != before[1]:
+            raise Fail("the agent's pid changed on reload: %s -> %s" % (before[1], after[1]))
+        return time.monotonic() - t0, "key back %.2fs after `systemctl reload`; journal: SIGHUP republish " \
+            "(%s -> %s), same pid %s" % (secs, before[0], after[0], after[1])
+
+    def plain_stop(self):
+        """`systemctl stop` outside a shutdown runs no shutdown hook; `start` brings the tree back."""
+        g = self.g
+        t0 = time.monotonic()
+        g.cmd("systemctl stop xenguest-agent.service", 60)
+        _, out = g.cmd("systemctl is-active xenguest-agent.service; grep 'xgs-hook pre-' "
+                       "/var/log/xgs-hooks.log 2>/dev/null; true")
+        g.cmd("systemctl start xenguest-agent.service", 60)
+        state, hooks = out.split("\n", 1)[0], out.split("\n", 1)[1].strip()
+        if state != "inactive":
+            raise Fail("after systemctl stop the unit is %r" % state)
+        if hooks:
+            raise Fail("a shutdown hook ran on a plain systemctl stop: %s" % hooks)
+        _, t_tree = g.wait_tree(CFG["tree_timeout"])
+        return time.monotonic() - t0, "stopped (inactive), no pre-* hook ran; started again, tree " \
+            "complete %.1fs later" % t_tree
+
+    def hook_ran(self, event):
+        """The hook of `event` ran in the guest for the current domain (its line in the hooks log)."""
+        g = self.g
+        want = re.compile(r"xgs-hook %s ran: .*domid=%d\b" % (re.escape(event), g.domid))
+
+        def seen():
+            out = g.cmd("cat /var/log/xgs-hooks.log 2>/dev/null; true", 20)[1]
+            return [ln for ln in out.splitlines() if want.search(ln)]
+
+        lines, secs = wait_for("the %s hook for domid %d" % (event, g.domid), seen, 60, 0.5)
+        return secs, lines[-1]
+
+    def jobs_seen(self, text):
+        jobs = [ln.split("[xgs-jobs] ", 1)[1] for ln in text.splitlines() if "[xgs-jobs] " in ln]
+        if jobs:
+            diag("%s: systemctl list-jobs while the agent stopped" % self.sc["name"], "\n".join(jobs))
+        return jobs
+
+    def sd_reboot(self):
+        g = self.g
+        self.sample("before reboot")
+        old = g.domid
+        mark = len(self.console_text())
+        t0 = time.monotonic()
+        sh(["xl", "reboot", g.name], 60)
+        note = self.watch_note(old, 120)
+        dom, t_down = wait_for("a new domain after reboot", lambda: (g.lookup_domid() or old) != old
+                               and g.lookup_domid(), 180, 0.3)
+        self.reboot_mark = len(self.console_text())
+        g.adopt(paused=False)
+        t1 = time.monotonic()
+        g.wait_channel(240)
+        tree, t_tree = g.wait_tree(CFG["tree_timeout"])
+        t_up = time.monotonic() - t1
+        text = self.console_since(mark)
+        self.jobs_seen(text)
+        hook = (note if note and "xgs-hook pre-reboot ran" in note else None) or next(
+            (ln for ln in text.splitlines() if "[xgs-hook pre-reboot ran" in ln), None)
+        if not hook:
+            raise Fail("no sign of the pre-reboot hook (test/note %r, nothing on the console); "
+                       "domid %d->%d" % (note, old, g.domid))
+        if "request=reboot" not in hook:
+            raise Fail("the pre-reboot hook ran without request=reboot: %s" % hook)
+        return time.monotonic() - t0, "hook: %s; down+recreated %.1fs, tree back %.1fs later, " \
+            "domid %d->%d" % (hook.strip("[]"), t_down, t_up, old, g.domid)
+
+    def sd_shutdown(self):
+        g = self.g
+        self.sample("before shutdown")
+        old = g.domid
+        mark = len(self.console_text())
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["xl", "shutdown", "-w", g.name], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, universal_newlines=True)
+        note = self.watch_note(old, 120)
+        try:
+            out, _ = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise Fail("xl shutdown -w did not return within 180 s") from None
+        t_xl = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise Fail("xl shutdown -w -> exit %d: %s" % (proc.returncode, out.strip()[-400:]))
+        _, t_gone = wait_for("domain destroyed", lambda: g.lookup_domid() is None, 60, 0.2)
+        text = self.console_since(mark)
+        jobs = self.jobs_seen(text)
+        hook = (note if note and "xgs-hook pre-shutdown ran" in note else None) or next(
+            (ln for ln in text.splitlines() if "[xgs-hook pre-shutdown ran" in ln), None)
+        problems = []
+        if not hook:
+            problems.append("no sign of the pre-shutdown hook (test/note %r, nothing on the console)"
+                            % note)
+        elif "request=poweroff" not in hook:
+            problems.append("the pre-shutdown hook ran without request=poweroff: %s" % hook)
+        if not re.search(r"reboot: (Power down|System halted)", text):
+            problems.append("the console shows no 'reboot: Power down' (orderly poweroff)")
+        stopped = UNIT_LINE("Stopped").search(text)
+        if not stopped:
+            problems.append("the console shows no 'Stopped xenguest-agent.service'")
+        if problems:
+            raise Fail("; ".join(problems))
+        return time.monotonic() - t0, "hook: %s; xl shutdown -w %.1fs, gone %.1fs later; console: " \
+            "Stopped xenguest-agent.service, reboot: Power down; %d job(s) queued while it stopped" % (
+                hook.strip("[]"), t_xl, t_gone, len(jobs))
+
+    def run_busybox(self):
+        self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
+                  self.create)
+        self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
+        self.sample("tree complete")
+        self.step("address add/remove", self.address_change)
+        self.step("xl save + restore", self.save_restore)
+        self.step("xl migrate (localhost)", self.migrate)
+        self.step("tree valid after migrate", lambda: self.tree_checks("migrated", 10))
+        self.step("xl reboot", self.reboot)
+        self.step("xl shutdown", self.shutdown)
+
+    def run_systemd(self):
+        self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
+                  self.create)
+        self.step("service active after boot", lambda: self.service_active(0))
+        self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
+        self.sample("tree complete")
+        self.step("systemctl reload republishes", self.reload)
+        self.step("systemctl stop: no shutdown hook", self.plain_stop)
+        self.step("address add/remove", self.address_change)
+        if self.step("xl save + restore", self.save_restore):
+            self.step("post-resume hook ran", lambda: self.hook_ran("post-resume"))
+        if self.step("xl migrate (localhost)", self.migrate):
+            self.step("post-migrate hook ran", lambda: self.hook_ran("post-migrate"))
+        self.step("tree valid after migrate", lambda: self.tree_checks("migrated", 10))
+        if self.step("xl reboot: pre-reboot hook", self.sd_reboot):
+            self.step("service active after reboot", lambda: self.service_active(self.reboot_mark))
+        self.step("xl shutdown: pre-shutdown hook", self.sd_shutdown)
+
     def run(self):
         name = self.sc["name"]
-        say("=== scenario %s: %s guest, %s ===" % (name, self.sc["type"], self.sc["mode"]))
+        say("=== scenario %s: %s guest, %s, %s ===" % (name, self.sc["type"], self.sc["mode"],
+                                                        self.sc.get("image", "busybox")))
         try:
-            self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
-                      self.create)
-            self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
-            self.sample("tree complete")
-            self.step("address add/remove", self.address_change)
-            self.step("xl save + restore", self.save_restore)
-            self.step("xl migrate (localhost)", self.migrate)
-            self.step("tree valid after migrate", lambda: self.tree_checks("migrated", 10))
-            self.step("xl reboot", self.reboot)
-            self.step("xl shutdown", self.shutdown)
+            (self.run_systemd if self.g.systemd else self.run_busybox)()
         except Fatal:
             pass
         except Exception as exc:  # a bug in this script: report it as a failure, never hang
