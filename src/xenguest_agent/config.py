@@ -119,14 +119,15 @@ class Config:
 
 
 
-_SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
-    "memory": (MemoryConfig, {
+#: Each section's checks; the record is the Config field of the same name.
+_SECTIONS: Dict[str, Dict[str, Check]] = {
+    "memory": {
         "threshold_kib": valid.number(0, 1 << 40, integer=True),  # 1 PiB
         "threshold_percent": valid.number(0, 100),
         "min_interval": valid.number(1, 3600),
         "max_age": valid.number(1, DAY),
-    }),
-    "network": (NetworkConfig, {
+    },
+    "network": {
         "include": valid.patterns,
         "exclude": valid.patterns,
         # Each address is a key; xenstored's default quota is 1000 entries per domain
@@ -134,10 +135,10 @@ _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
         "max_addresses": valid.number(1, 256, integer=True),
         "static_vifs": valid.vif_map,
         "static_ip": valid.boolean,
-    }),
-    "features": (FeatureConfig, {"balloon": valid.boolean, "hotplug": valid.boolean}),
-    "hotplug": (HotplugConfig, {"online_cpus": valid.tristate, "online_memory": valid.tristate}),
-    "control": (ControlConfig, {
+    },
+    "features": {"balloon": valid.boolean, "hotplug": valid.boolean},
+    "hotplug": {"online_cpus": valid.tristate, "online_memory": valid.tristate},
+    "control": {
         "mode": valid.choice(*CONTROL_MODES),
         "grace": valid.number(0, MAX_GRACE),
         # seconds; written as milliseconds to /sys/power/pm_freeze_timeout (unsigned int)
@@ -145,7 +146,7 @@ _SECTIONS: Dict[str, Tuple[type, Dict[str, Check]]] = {
         "hook_timeout": valid.number(1, 3600),
         "hooks_dir": valid.optional(valid.absolute_path),
         "commands": valid.commands,
-    }),
+    },
 }
 
 _TOP: Dict[str, Check] = {
@@ -261,7 +262,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     top = {k: v for k, v in items.items() if k not in _SECTIONS}
     config = _apply(config, _TOP, top, source, "", also_known=tuple(_SECTIONS))
     assert isinstance(config, Config)
-    for section, (_record_type, checks) in _SECTIONS.items():
+    for section, checks in _SECTIONS.items():
         if section in items:
             section_items = _mapping(items[section][1], source, section)
             record = _apply(getattr(config, section), checks, section_items, source, f"{section}.")
