@@ -237,3 +237,19 @@ def test_a_hundred_random_faults_leave_the_agent_running_and_the_tree_complete(
         (counts, {k: (agent.read(k), v) for k, v in expected.items() if agent.read(k) != v})
     assert agent.alive()
     assert sum(counts.values()) == 100
+
+
+def test_an_unreadable_feature_flag_before_start_stops_nothing(guest_domain_factory, make_agent):
+    """Issue 9 item 7: control/feature-poweroff readable by dom0 alone when the agent starts.
+    The EACCES on that one read left no key published and no control/shutdown watch; now
+    everything else is published and a shutdown request is still seen and carried out."""
+    guest = guest_domain_factory(kernel="none", extra_keys={"control/feature-poweroff": "1"})
+    dom0 = guest.toolstack.client
+    dom0.set_perms(f"{guest.home}/control/feature-poweroff", ["n0"])  # no access for the guest
+    agent = make_agent(guest)
+    assert agent.read("data/os_distro") == "debian"
+    assert agent.read("attr/vif/0/ipv4/0") == "10.0.0.2"
+    guest.toolstack.request_shutdown("poweroff")
+    assert guest.toolstack.wait_for_ack(timeout=GUARD)
+    assert wait_for(lambda: agent.actions() == ["poweroff"])
+    assert agent.alive()
