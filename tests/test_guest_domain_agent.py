@@ -114,7 +114,7 @@ def test_node_quota_degrades_gracefully(guest_domain_factory, make_agent, tmp_pa
     assert agent.alive()
     log = agent.log.read_text()
     assert "No space left on device" in log or "ENOSPC" in log
-    assert agent.read("attr/PVAddons/MajorVersion") == "0"  # what fits is published
+    assert agent.read("attr/PVAddons/MajorVersion") == "1"  # 1.0.0; what fits is published
     refusals = [line for line in log.splitlines() if "refused to write" in line]
     assert len(refusals) == len(set(refusals))  # each refused key logged once
     assert agent.stop() == 0

@@ -4,4 +4,4 @@ The package has no import-time side effects: the object graph (host, backend,
 XenStore connection, publisher, daemon) is built by :mod:`xenguest_agent.cli`.
 """
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
