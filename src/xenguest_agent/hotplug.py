@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -371,43 +370,37 @@ class HotplugThread:
     def __init__(self, events: HotplugEvents) -> None:
         import threading
 
+        from xenguest_agent.wakeup import Wakeup
+
         self.events = events
-        self._stop_r, self._stop_w = os.pipe()
+        self._stop = Wakeup()
         self._thread = threading.Thread(target=self._run, name="xenguest-hotplug", daemon=True)
 
     def start(self) -> bool:
         """Open the uevent socket and start the thread; False when there is nothing to do."""
         if not self.events.open():
-            self._close_pipe()
+            self._stop.close()
             return False
         self._thread.start()
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
-            os.write(self._stop_w, b"\0")
+            self._stop.wake()
             self._thread.join(timeout)
         self.events.close()
-        self._close_pipe()
-
-    def _close_pipe(self) -> None:
-        for fd in (self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._stop_r = self._stop_w = -1
+        self._stop.close()
 
     def _run(self) -> None:
         import select
         import time
 
         poller = select.poll()
-        poller.register(self._stop_r, select.POLLIN)
+        poller.register(self._stop.read_fd, select.POLLIN)
         poller.register(self.events.fileno(), select.POLLIN)
         while True:
             ready = [fd for fd, _ in poller.poll()]
-            if self._stop_r in ready:
+            if self._stop.read_fd in ready:
                 return
             self.events.read_ready(time.monotonic())
             if self.events.fileno() == -1:  # failed for good (logged)
