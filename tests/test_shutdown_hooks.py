@@ -135,3 +135,41 @@ def test_the_stop_path_waits_for_its_hooks_no_longer_than_its_budget(trusted_tmp
             return True
         return False
     assert wait_for(gone, timeout=30)
+
+
+def test_a_hook_started_for_the_request_is_not_cut_short_by_the_shutdowns_stop(xenstored, tmp_path,
+                                                                               trusted_tmp):
+    """The agent saw the reboot request and started its pre-reboot hook; the kernel's reboot
+    then stops the agent while the hook still runs.  That stop must let the hook finish (it
+    is what the hook is for), and not run it a second time.  Seen in the real-Xen systemd
+    guest: the hook was killed at the stop and never wrote its note."""
+    from xenguest_agent.config import ControlConfig
+    from xenguest_agent.control import Control
+
+    ran, started = tmp_path / "ran", tmp_path / "started"
+    hook = trusted_tmp / "hooks" / "pre-reboot" / "10-slow"
+    hook.parent.mkdir(parents=True)
+    hook.write_text(f'#!/bin/sh\ntouch {started}\nsleep 2\necho "$1 $XENGUEST_REQUEST" >> {ran}\n')
+    os.chmod(hook, 0o755)
+    guest = GuestRoot(tmp_path / "guest")
+    host = Host(str(guest.root))
+    config = Config(interval=600, control=ControlConfig(mode="observe"))
+    store = XenStore(xenstored.spec)
+    store.connect()
+    hooks = Hooks(str(trusted_tmp / "hooks"), 30.0)
+    control = Control(config.control, {}, hooks, (), (), time.monotonic)
+    daemon = Daemon(Agent(LinuxBackend(host, CapturedAddresses(host)), config), store,
+                    Publisher(store), config, control=control, hooks=hooks,
+                    shutdown_kind=lambda: "reboot")
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1", timeout=30)
+        xenstored.write(f"{HOME}/control/shutdown", "reboot")
+        assert wait_for(started.exists, timeout=60)
+    finally:
+        daemon.stop()  # systemd stopping the unit in the middle of the hook
+        thread.join(60)
+        store.close()
+    assert not thread.is_alive()
+    assert ran.read_text().splitlines() == ["pre-reboot reboot"]

@@ -329,18 +329,20 @@ class Daemon:
             looping = True
             self._loop(tick, tick_only, sweep)
         finally:
+            # stopped by the system going down: what was started for it runs to its end
+            kind = self.shutdown_kind() if looping and self.shutdown_kind is not None else None
             if looping:
                 self.notifier.stopping()
-            if self.control is not None:
+            if self.control is not None and kind is None:
                 self.control.cancel()
-            if self.hooks is not None:
+            if self.hooks is not None and kind is None:
                 self.hooks.cancel_all()
             if self.hotplug is not None:
                 self.hotplug.stop()
             self.sources.close()
             self.notifier.close()
-        if self.hooks is not None and self.shutdown_kind is not None:
-            run_shutdown_hooks(self.hooks, self.shutdown_kind(),
+        if self.hooks is not None and kind is not None:
+            run_shutdown_hooks(self.hooks, kind,
                                self.control.served_shutdown if self.control is not None else None)
         return 0
 

@@ -314,6 +314,13 @@ class Hooks:
         job._start(lambda j: j.record(j.execute(" ".join(argv), argv, env)))
         return job
 
+    def wait_all(self, timeout: float) -> bool:
+        """Wait until every job started so far is done (they run one after another);
+        False when some still runs after ``timeout`` seconds."""
+        with self._lock:
+            last = self._jobs[-1] if self._jobs else None
+        return last is None or last.wait(timeout)
+
     def cancel_all(self) -> None:
         """Cancel every job (the daemon is stopping)."""
         with self._lock:

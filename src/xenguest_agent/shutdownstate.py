@@ -95,13 +95,14 @@ def run_shutdown_hooks(hooks: Hooks, kind: Optional[str], served: Optional[str],
     if kind is None:
         return False
     event = HOOK_FOR[kind]
-    if served is not None and HOOK_FOR[served] == event:
-        log.info("stopped for a system %s: its %s hooks already ran for the %s request",
+    started = served is None or HOOK_FOR[served] != event
+    if started:
+        log.info("stopped for a system %s: running the %s hooks", kind, event)
+        hooks.start(event, {"request": kind})
+    else:  # they may still be running: the stop must not cut them short
+        log.info("stopped for a system %s: its %s hooks were started for the %s request",
                  kind, event, served)
-        return False
-    log.info("stopped for a system %s: running the %s hooks", kind, event)
-    job = hooks.start(event, {"request": kind})
-    if not job.wait(budget):
+    if not hooks.wait_all(budget):
         log.warning("%s hooks still running after %.0fs at stop: killed", event, budget)
-        job.cancel()
-    return True
+        hooks.cancel_all()
+    return started
