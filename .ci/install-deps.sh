@@ -8,6 +8,14 @@
 #   gcc, libc6-dev  build the LD_PRELOAD shim (tests/xenstored/shim.c) that lets the daemon run
 #                   without a hypervisor
 #   iproute2        ip netns / veth: the live rtnetlink tests and the latency benchmark
+#   dpkg-dev        dpkg-buildpackage and dpkg-deb: tests/test_packaging.py builds and inspects the .deb
+#   debhelper       dh and dh_installsystemd, which packaging/debian/rules builds the .deb with
+#   dh-python       dh's python3 addon (byte-compiles the private module directory, ${python3:Depends})
+#   python3-setuptools  Debian's own setuptools builds the sdist and wheel (docs/packaging.md)
+#   python3-wheel   bdist_wheel for Debian 12's setuptools 66
+#   rpm             rpmbuild builds the EL9 .rpm; rpm -qp inspects it in tests/test_packaging.py
+# Not installed: openrc.  It conflicts with sysv-rc and its postinst moves /etc/rc?.d into
+# /etc/runlevels; tests/test_openrc.py fetches it with apt-get download and runs it in a private root.
 #
 # Idempotent: when everything is present it does nothing (no apt-get update, no network). Starting
 # services is refused for the duration of the install (xen-utils-common ships init scripts for the
@@ -15,7 +23,8 @@
 # machine is left without a stray daemon. Exits non-zero naming what could not be installed.
 set -eu
 
-PACKAGES="xen-utils-4.17 xenstore-utils gcc libc6-dev iproute2"
+PACKAGES="xen-utils-4.17 xenstore-utils gcc libc6-dev iproute2 dpkg-dev debhelper dh-python
+          python3-setuptools python3-wheel rpm"
 XENSTORED=/usr/lib/xen-4.17/bin/xenstored
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -1,0 +1,229 @@
+"""What `./dev package` builds, checked with the distributions' own tools.
+
+One build per module (packaging/build.py with Debian's /usr/bin/python3, as ./dev package runs
+it) into a temporary dist directory.  Each expectation comes from docs/packaging.md ("What the
+distro packages install", the dependencies), the rpm spec (packaging/rpm/xenguest-agent.spec:
+%files, %config(noreplace)), Debian policy (conffiles for everything under /etc, systemd units
+enabled by the maintainer scripts dh_installsystemd writes) and the issue's list of what the
+sdist carries; none is read from build.py's code.  The tools: rpm (rpm -qp), dpkg-deb,
+tar, zipfile for the wheel's METADATA (the core metadata specification's Version and
+Requires-Dist fields).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def tool(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+def source_version() -> str:
+    found = re.search(r'^__version__ = "([^"]+)"$',
+                      (REPO / "src/xenguest_agent/__init__.py").read_text(), re.M)
+    assert found, "no __version__ in src/xenguest_agent/__init__.py"
+    return found.group(1)
+
+
+class Built:
+    def __init__(self, dist: Path) -> None:
+        self.dist = dist
+
+    def one(self, pattern: str) -> Path:
+        found = sorted(self.dist.glob(pattern))
+        assert len(found) == 1, f"{pattern} in {self.dist}: {found}"
+        return found[0]
+
+    @property
+    def rpm(self) -> str:
+        return str(self.one("xenguest-agent-*.noarch.rpm"))
+
+    @property
+    def deb(self) -> str:
+        return str(self.one("xenguest-agent_*_all.deb"))
+
+    @property
+    def sdist(self) -> Path:
+        return self.one("xenguest-agent-*.tar.gz")
+
+    @property
+    def wheel(self) -> Path:
+        return self.one("xenguest_agent-*-py3-none-any.whl")
+
+    @property
+    def port(self) -> Path:
+        return self.dist / "freebsd-port/sysutils/xenguest-agent"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    dist = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([DEBIAN_PYTHON, str(REPO / "packaging/build.py"), "--dist", str(dist)],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, f"packaging/build.py failed:\n{done.stdout}\n{done.stderr}"
+    yield Built(dist)
+
+
+# --- rpm (packaging/rpm/xenguest-agent.spec, docs/packaging.md) -------------------------
+
+
+def test_rpm_requires_the_distro_python_stack_and_not_pyxs(built: Built) -> None:
+    requires = [line.strip() for line in tool("rpm", "-qp", "--requires", built.rpm).splitlines()]
+    assert "python3 >= 3.9" in requires
+    assert "python3-psutil" in requires
+    assert "python3-pyyaml" in requires  # EL9's name for PyYAML (docs/packaging.md)
+    assert not [r for r in requires if "pyxs" in r], requires  # vendored, not a dependency
+
+
+def test_rpm_installs_the_documented_files(built: Built) -> None:
+    files = set(tool("rpm", "-qlp", built.rpm).splitlines())
+    for path in ("/usr/bin/xenguest-agent",
+                 "/usr/share/xenguest-agent/xenguest_agent/cli.py",
+                 "/usr/share/xenguest-agent/pyxs/client.py",
+                 "/usr/lib/systemd/system/xenguest-agent.service",
+                 "/etc/xenguest-agent/config.yaml",
+                 "/etc/xenguest-agent/hooks"):
+        assert path in files, path
+    # rpm compresses man pages where brp-compress runs (EL9), Debian's rpmbuild does not
+    assert [f for f in files if re.fullmatch(r"/usr/share/man/man8/xenguest-agent\.8(\.gz)?", f)]
+
+
+def test_rpm_marks_the_config_noreplace(built: Built) -> None:
+    assert tool("rpm", "-qcp", built.rpm).split() == ["/etc/xenguest-agent/config.yaml"]
+    # %config(noreplace): rpm's file flags "c" (config) and "n" (noreplace), rpm's --fileflags
+    flags = dict(line.split(None, 1)[::-1] for line in tool(
+        "rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", built.rpm).splitlines()
+        if len(line.split(None, 1)) == 2)
+    assert set(flags["/etc/xenguest-agent/config.yaml"]) >= {"c", "n"}
+
+
+# --- deb (packaging/debian, Debian policy, docs/packaging.md) ---------------------------
+
+
+def deb_depends(built: Built) -> list[str]:
+    field = tool("dpkg-deb", "-f", built.deb, "Depends")
+    return [re.split(r"[\s(:]", alt.strip(), maxsplit=1)[0] for dep in field.split(",")
+            for alt in dep.split("|")]
+
+
+def test_deb_depends_on_the_distro_python_stack_and_not_pyxs(built: Built) -> None:
+    names = deb_depends(built)
+    assert "python3" in names and "python3-psutil" in names and "python3-yaml" in names
+    assert not [n for n in names if "pyxs" in n], names
+    assert "python3 (>= 3.9)" in tool("dpkg-deb", "-f", built.deb, "Depends")
+
+
+def test_deb_installs_the_documented_files(built: Built) -> None:
+    listing = tool("dpkg-deb", "-c", built.deb).splitlines()
+    files = {line.split()[5].lstrip(".").rstrip("/") for line in listing}
+    for path in ("/usr/bin/xenguest-agent",
+                 "/usr/share/xenguest-agent/xenguest_agent/cli.py",
+                 "/usr/share/xenguest-agent/pyxs/client.py",
+                 "/lib/systemd/system/xenguest-agent.service",
+                 "/etc/xenguest-agent/config.yaml",
+                 "/etc/xenguest-agent/hooks",
+                 "/usr/share/man/man8/xenguest-agent.8.gz"):  # dh_installman compresses
+        assert path in files, path
+
+
+def test_deb_conffile_and_enabled_unit(built: Built, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    tool("dpkg-deb", "-e", built.deb, str(control))
+    # Debian policy 10.7.2: files under /etc are conffiles
+    assert (control / "conffiles").read_text().split() == ["/etc/xenguest-agent/config.yaml"]
+    # dh_installsystemd's postinst enables the unit through deb-systemd-helper on configure
+    postinst = (control / "postinst").read_text()
+    assert re.search(r"deb-systemd-helper enable '?xenguest-agent\.service'?", postinst), postinst
+
+
+# --- sdist and wheel ----------------------------------------------------------------------
+
+
+def test_sdist_carries_tests_docs_services_and_recipes(built: Built) -> None:
+    with tarfile.open(built.sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    top = f"xenguest-agent-{source_version()}"
+    assert built.sdist.name == f"{top}.tar.gz"
+    for path in ("tests/conftest.py", "tests/fixtures/linux/alpine319", "tests/xenstored/shim.c",
+                 "docs/man/xenguest-agent.8", "systemd/xenguest-agent.service",
+                 "rc.d/xenguest_agent", "openrc/xenguest-agent", "examples/config.yaml",
+                 "packaging/build.py", "packaging/rpm/xenguest-agent.spec",
+                 "packaging/debian/control", "LICENSE", "dev", ".ci/install-deps.sh"):
+        assert path in names, path
+
+
+def test_sdist_tests_pass_from_the_unpacked_sdist(built: Built, tmp_path: Path) -> None:
+    with tarfile.open(built.sdist) as tar:
+        tar.extractall(tmp_path, filter="data")
+    tree = tmp_path / built.sdist.name[:-len(".tar.gz")]
+    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+    where = tool_in(tree, env, sys.executable, "-c",
+                    "import xenguest_agent; print(xenguest_agent.__file__)")
+    assert Path(where.strip()).is_relative_to(tree), f"imported {where} instead of the sdist's"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_schema.py", "tests/test_config.py",
+                           "tests/test_golden_linux.py", "tests/test_openrc.py"],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", done.stdout) and " failed" not in done.stdout
+
+
+def tool_in(cwd: Path, env: dict[str, str], *argv: str) -> str:
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_wheel_metadata_version_and_pinned_pyxs(built: Built) -> None:
+    with zipfile.ZipFile(built.wheel) as wheel:
+        [metadata] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        text = wheel.read(metadata).decode()
+    headers = text.split("\n\n", 1)[0].splitlines()
+    assert f"Version: {source_version()}" in headers
+    # core metadata Requires-Dist; older setuptools write "pyxs (==0.4.1)", newer "pyxs==0.4.1"
+    requires = [re.sub(r"[\s()]", "", h.split(":", 1)[1]) for h in headers
+                if h.startswith("Requires-Dist:")]
+    assert "pyxs==0.4.1" in requires, requires
+
+
+# --- FreeBSD port ---------------------------------------------------------------------------
+
+
+def test_port_plist_lists_every_module(built: Built) -> None:
+    plist = set((built.port / "pkg-plist").read_text().splitlines())
+    src = REPO / "src"
+    for module in sorted((src / "xenguest_agent").rglob("*.py")):
+        assert f"%%DATADIR%%/{module.relative_to(src).as_posix()}" in plist, module
+
+
+def test_port_distinfo_matches_the_distfiles(built: Built) -> None:
+    # porting-handbook distinfo: "SHA256 (file) = hex" and "SIZE (file) = bytes" per distfile
+    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging/build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    pyxs = build.CACHE / f"pyxs-{build.PYXS_VERSION}.tar.gz"  # what the build vendored
+    entries = re.findall(r"^(SHA256|SIZE) \(([^)]+)\) = (\S+)$",
+                         (built.port / "distinfo").read_text(), re.M)
+    recorded = {(kind, name): value for kind, name, value in entries}
+    assert {name for _, name in recorded} == {built.sdist.name, pyxs.name}
+    for path in (built.sdist, pyxs):
+        assert recorded["SHA256", path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert int(recorded["SIZE", path.name]) == path.stat().st_size
