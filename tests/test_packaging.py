@@ -105,6 +105,16 @@ def test_rpm_installs_the_documented_files(built: Built) -> None:
     assert [f for f in files if re.fullmatch(r"/usr/share/man/man8/xenguest-agent\.8(\.gz)?", f)]
 
 
+def test_rpm_enables_the_unit_on_first_install_and_lays_out_docs_as_el9(built: Built) -> None:
+    # %post: enable on install ($1 == 1), as the deb does; EL9 presets would leave it off
+    post = tool("rpm", "-qp", "--scripts", built.rpm)
+    assert re.search(r'if \[ "\$1" -eq 1 \]; then\s+systemctl --no-reload enable '
+                     r"xenguest-agent\.service", post), post
+    files = set(tool("rpm", "-qlp", built.rpm).splitlines())
+    assert "/usr/share/doc/xenguest-agent/README.md" in files  # _docdir_fmt %{name}
+    assert "/usr/share/licenses/xenguest-agent/LICENSE" in files
+
+
 def test_rpm_marks_the_config_noreplace(built: Built) -> None:
     assert tool("rpm", "-qcp", built.rpm).split() == ["/etc/xenguest-agent/config.yaml"]
     # %config(noreplace): rpm's file flags "c" (config) and "n" (noreplace), rpm's --fileflags
