@@ -153,10 +153,17 @@ def rootfs_key(v):
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
-def pack_cpio(root, dest, level=3):
-    """newc cpio of a directory tree, zstd-compressed (the kernel unpacks it; owner root)."""
-    run("cd '%s' && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet "
-        "| zstd -q -T0 -%d -o '%s'" % (root, level, dest))
+def pack_cpio(root, dest, level=3, with_root=False):
+    """newc cpio of a directory tree, zstd-compressed (the kernel unpacks it; owner root).
+
+    ``with_root`` includes "." so that the guest's "/" gets the tree's mode: the kernel
+    unpacks an initramfs into a tmpfs whose root directory is 1777 (mm/shmem.c,
+    shmem_init_fs_context: 0777 | S_ISVTX) and applies a "." entry's mode to it
+    (init/initramfs.c, do_name: init_chmod).  A guest on a disk has a 0755 "/", and the
+    agent refuses hooks below a world-writable directory."""
+    depth = "" if with_root else "-mindepth 1"
+    run("cd '%s' && find . %s | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet "
+        "| zstd -q -T0 -%d -o '%s'" % (root, depth, level, dest))
 
 
 def module_index(modroot):

@@ -151,7 +151,8 @@ def assemble(base_tar, deb, rundir, scenarios, dest):
         with open(os.path.join(root, "etc/systemd/network/50-xgs-%s.network" % sc["name"]), "w") as f:
             f.write(network_file(sc))
     size = int(build.run(["du", "-sm", root]).split()[0])
-    build.pack_cpio(root, dest)
+    os.chmod(root, 0o755)  # the guest's "/", as on a disk (build.pack_cpio)
+    build.pack_cpio(root, dest, with_root=True)
     shutil.rmtree(root)
     return {"root_mb": size, "cpio_mb": round(os.path.getsize(dest) / 1048576.0, 1),
             "unit": enabled}
