@@ -167,6 +167,9 @@ class Bed:
             script(folder / "10-trusted", f"echo \"trusted $1\" >> {self.marks}/hooks\n")
         os.chmod(self.hooks, 0o755)
 
+    def script_hook(self, event: str, name: str, body: str, mode: int = 0o755) -> Path:
+        return script(self.hooks / event / name, body, mode)
+
     def kernel(self) -> GuestKernel:
         """A Linux kernel's shutdown watcher on this tier's connection (started by the caller)."""
         bridge = self.guest.bridge if self.guest is not None \

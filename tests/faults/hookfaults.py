@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from typing import List
 
 from .bed import Bed, script
@@ -21,6 +22,7 @@ HOOK_TIMEOUT = 1.5  # control.hook_timeout in the campaign's config (bed.py)
 
 def reboot_request(bed: Bed, stated: float, note: str, trusted_runs: bool = True) -> Expect:
     actions, hooks = counters(bed)
+    since = time.monotonic()  # the grace period runs from the request, whatever hooks do
     bed.request_shutdown("reboot")
 
     def final() -> List[str]:
@@ -31,7 +33,7 @@ def reboot_request(bed: Bed, stated: float, note: str, trusted_runs: bool = True
             out.append(f"the trusted hook ran {ran} times, expected once")
         return out
     return Expect(stated=stated, check=lambda: acknowledged(bed), final=final, note=note,
-                  cleanup=bed.reset_hooks)
+                  cleanup=bed.reset_hooks, since=since)
 
 
 @fault("hook-slow", BOTH, "two pre-reboot shell hooks each starting `sleep 8` (their timeout is "
@@ -43,7 +45,7 @@ def hook_slow(bed: Bed, rng: random.Random) -> Expect:
         script(folder / f"{n}-slow", f"echo slow >> {bed.marks}/slow\nsleep 8 &\n"
                f"echo $! >> {bed.marks}/slow-children\nwait\n")
     before, children = len(bed.marks_of("slow")), len(bed.marks_of("slow-children"))
-    expect = reboot_request(bed, GRACE + 1.0, "2 x sleep 8")
+    expect = reboot_request(bed, GRACE + 1.5, "2 x sleep 8")
     started, _ = bed.wait_until(
         lambda: [] if len(bed.marks_of("slow")) > before else ["no hook started"], 10.0)
     bed.bump_memory()
@@ -85,7 +87,7 @@ def alive(pid: int) -> bool:
 def hook_endless(bed: Bed, rng: random.Random) -> Expect:
     line = "x" * 200
     script(bed.hooks / "pre-reboot" / "20-endless", f"while :; do echo {line}; done\n")
-    return reboot_request(bed, GRACE + HOOK_TIMEOUT + 1.5, "endless output")
+    return reboot_request(bed, GRACE + 1.5, "endless output")
 
 
 def evil(bed: Bed) -> str:
@@ -124,7 +126,7 @@ def symlink_swap(bed: Bed, folder: "os.PathLike[str]", target: "os.PathLike[str]
     script(folder / "20-slow", f"echo slow >> {bed.marks}/slow\nsleep 0.8\n")
     script(folder / "30-victim", "exit 0\n")
     before = len(bed.marks_of("slow"))
-    expect = reboot_request(bed, GRACE + 2.5, "symlink-swap")
+    expect = reboot_request(bed, GRACE + 1.5, "symlink-swap")
     started, _ = bed.wait_until(
         lambda: [] if len(bed.marks_of("slow")) > before else ["20-slow not started"], 10.0)
     link = folder / ".30-victim.new"
