@@ -73,11 +73,13 @@ def script(path: Path, body: str, mode: int = 0o755) -> Path:
     return path
 
 
-def hooks_dir_supported() -> bool:
+def hooks_dir_supported(hooks: Path) -> bool:
     """``control.hooks_dir`` is being added by another branch: write it only when the agent
-    under test knows the key (an unknown key is a configuration error, exit 78)."""
+    under test knows the key (an unknown key is a configuration error, exit 78).  Probed with the
+    campaign's own (existing, trusted) directory, in case the key's check looks at it.  Without
+    the key, hooks are found in <config dir>/hooks, which is the same directory."""
     try:
-        parse_config("control:\n  hooks_dir: /etc/xenguest-agent/hooks\n", "<probe>")
+        parse_config(f"control:\n  hooks_dir: {hooks}\n", "<probe>")
     except ConfigError:
         return False
     return True
@@ -147,7 +149,7 @@ class Bed:
         lines = ["poll_interval: 0.5", "log_level: info",
                  "memory:", "  min_interval: 0", "  threshold_kib: 0", "  threshold_percent: 0",
                  "control:", "  mode: auto", "  grace: 0.5", "  hook_timeout: 1.5"]
-        if hooks_dir_supported():
+        if hooks_dir_supported(self.hooks):
             lines.append(f"  hooks_dir: {self.hooks}")
         lines.append("  commands:")
         lines += [f"    {r}: [{p}]" for r, p in commands.items()]
@@ -306,7 +308,8 @@ class Bed:
         for name in ("MajorVersion", "MinorVersion"):
             value = state.get(f"attr/PVAddons/{name}")
             if value is None or not value.isdigit():
-                problems.append(f"invariant: attr/PVAddons/{name} is {value!r}, not an integer")
+                problems.append(f"invariant: attr/PVAddons/{name} is {value!r}, not a "
+                                "non-negative decimal integer")
         problems += [f"invariant: {k} is not printable ASCII: {v[:40]!r}" for k, v in state.items()
                      if any(not " " <= c <= "~" for c in v)]
         if "data/updated" not in state:

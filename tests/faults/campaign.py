@@ -293,10 +293,17 @@ def machine() -> str:
             f"xen-utils-4.17 {xs} (xenstored)")
 
 
+def commit() -> str:
+    head = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    return head or "unknown"
+
+
 def report(results: Results, command: str) -> str:
     failures = results.failures()
     lines = [
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{command}`, seed "
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit {commit()}: "
+        f"`{command}`, seed "
         f"{results.seed}, {results.count} faults on {', '.join(results.tiers)}, "
         f"{results.wall / 60:.1f} min wall. Machine: {machine()}.",
         "", table(results), "", resources(results), "",
