@@ -233,7 +233,8 @@ def run(count: int, seed: int, tiers: Sequence[str], idle: float,
     started = time.monotonic()
     with Campaign(tiers, say) as campaign:
         for n, (tier, fc) in enumerate(schedule(rng, tiers, count, only), 1):
-            record = campaign.one(tier, fc, rng)
+            # each fault its own stream: what a fault draws never depends on how long another ran
+            record = campaign.one(tier, fc, random.Random(f"{seed}:{n}"))
             results.records.append(record)
             state = "FAIL" if record.failed else "ok"
             say.info("%4d/%d %-6s %-19s %-4s %s %s", n, count, tier, fc.name, state,
