@@ -94,28 +94,36 @@ def evil(bed: Bed) -> str:
     return f"touch {bed.canary}\n"
 
 
-@fault("hook-untrusted", BOTH, "an untrusted pre-reboot hook that would create a canary: "
-       "world-writable, foreign-owned, a symlink, in a world-writable event or hooks directory, "
-       "or swapped for a symlink while the hook before it runs (issue 9 item 5)")
-def hook_untrusted(bed: Bed, rng: random.Random) -> Expect:
-    kind = rng.choice(["world-writable-hook", "foreign-owner", "symlink", "world-writable-dir",
-                       "world-writable-hooks-dir", "symlink-swap"])
+@fault("hook-untrusted-file", BOTH, "an untrusted pre-reboot hook that would create a canary: "
+       "world-writable, foreign-owned, or a symlink into a world-writable directory "
+       "(issue 9 item 5)")
+def hook_untrusted_file(bed: Bed, rng: random.Random) -> Expect:
+    kind = rng.choice(["world-writable-hook", "foreign-owner", "symlink"])
     folder = bed.hooks / "pre-reboot"
     target = script(bed.untrusted / "evil", evil(bed))
-    trusted_runs = True
     if kind == "world-writable-hook":
         script(folder / "50-evil", evil(bed), mode=0o777)
     elif kind == "foreign-owner":
         os.chown(script(folder / "50-evil", evil(bed)), 65534, 65534)
-    elif kind == "symlink":
-        os.symlink(target, folder / "50-evil")
-    elif kind in ("world-writable-dir", "world-writable-hooks-dir"):
-        script(folder / "50-evil", evil(bed))
-        os.chmod(folder if kind == "world-writable-dir" else bed.hooks, 0o777)
-        trusted_runs = False  # a fixed agent trusts nothing in that directory
     else:
+        os.symlink(target, folder / "50-evil")
+    return reboot_request(bed, GRACE + 1.5, kind)
+
+
+@fault("hook-untrusted-place", BOTH, "a root-owned 0755 hook that would create a canary, in an "
+       "untrusted place: a world-writable event or hooks directory, or swapped in for a checked "
+       "hook (a symlink) while the hook before it runs (issue 9 item 5: the whole chain, checked "
+       "on the descriptor that is executed)")
+def hook_untrusted_place(bed: Bed, rng: random.Random) -> Expect:
+    kind = rng.choice(["world-writable-dir", "world-writable-hooks-dir", "symlink-swap"])
+    folder = bed.hooks / "pre-reboot"
+    target = script(bed.untrusted / "evil", evil(bed))
+    if kind == "symlink-swap":
         return symlink_swap(bed, folder, target)
-    return reboot_request(bed, GRACE + 1.5, kind, trusted_runs)
+    script(folder / "50-evil", evil(bed))
+    os.chmod(folder if kind == "world-writable-dir" else bed.hooks, 0o777)
+    # a fixed agent trusts nothing in that directory, the trusted hook included
+    return reboot_request(bed, GRACE + 1.5, kind, trusted_runs=False)
 
 
 def symlink_swap(bed: Bed, folder: "os.PathLike[str]", target: "os.PathLike[str]") -> Expect:
