@@ -146,8 +146,9 @@ class Bed:
         commands = {r: script(self.etc / f"fake-{r}", f"echo {r} >> {self.marks}/actions\n")
                     for r in ("poweroff", "reboot", "halt")}
         self.reset_hooks()
-        lines = ["poll_interval: 0.5", "log_level: info",
-                 "memory:", "  min_interval: 0", "  threshold_kib: 0", "  threshold_percent: 0",
+        # The smallest intervals the configuration allows (config.py bounds them to >= 1 s).
+        lines = ["poll_interval: 1", "log_level: info",
+                 "memory:", "  min_interval: 1", "  threshold_kib: 0", "  threshold_percent: 0",
                  "control:", "  mode: auto", "  grace: 0.5", "  hook_timeout: 1.5"]
         if hooks_dir_supported(self.hooks):
             lines.append(f"  hooks_dir: {self.hooks}")

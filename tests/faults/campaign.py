@@ -119,12 +119,16 @@ class Campaign:
         self.samples: Dict[str, List[Dict[str, float]]] = {}
 
     def __enter__(self) -> "Campaign":
-        check_requirements()
-        shim = build_shim()
-        for tier in self.tiers:
-            bed = Bed(tier, self.base, shim).start()
-            self.beds[tier] = bed
-            self.fresh_agent(bed)
+        try:
+            check_requirements()
+            shim = build_shim()
+            for tier in self.tiers:
+                self.beds[tier] = Bed(tier, self.base, shim)
+                self.beds[tier].start()
+                self.fresh_agent(self.beds[tier])
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,7 +34,7 @@ GRACE = 0.5  # control.grace in the campaign's config (bed.py)
 
 @dataclass
 class Expect:
-    stated: float = 2.0
+    stated: float = 2.5  # a poll (1 s) and a memory publish (at most one a second) included
     restarted: bool = False
     check: Optional[Problems] = None
     final: Optional[Problems] = None
@@ -318,7 +318,7 @@ def shutdown_no_kernel(bed: Bed, rng: random.Random) -> Expect:
         out = [] if bed.marks_of("actions")[actions:] == [request] else \
             [f"actions {bed.marks_of('actions')[actions:]}, expected [{request!r}]"]
         return out + ([] if h - hooks == 1 else [f"trusted hook ran {h - hooks} times"])
-    return Expect(stated=GRACE + 1.5, check=lambda: acknowledged(bed), final=final, note=request,
+    return Expect(stated=GRACE + 2.0, check=lambda: acknowledged(bed), final=final, note=request,
                   since=since)
 
 

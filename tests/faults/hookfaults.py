@@ -45,7 +45,7 @@ def hook_slow(bed: Bed, rng: random.Random) -> Expect:
         script(folder / f"{n}-slow", f"echo slow >> {bed.marks}/slow\nsleep 8 &\n"
                f"echo $! >> {bed.marks}/slow-children\nwait\n")
     before, children = len(bed.marks_of("slow")), len(bed.marks_of("slow-children"))
-    expect = reboot_request(bed, GRACE + 1.5, "2 x sleep 8")
+    expect = reboot_request(bed, GRACE + 2.0, "2 x sleep 8")
     started, _ = bed.wait_until(
         lambda: [] if len(bed.marks_of("slow")) > before else ["no hook started"], 10.0)
     bed.bump_memory()
@@ -87,7 +87,7 @@ def alive(pid: int) -> bool:
 def hook_endless(bed: Bed, rng: random.Random) -> Expect:
     line = "x" * 200
     script(bed.hooks / "pre-reboot" / "20-endless", f"while :; do echo {line}; done\n")
-    return reboot_request(bed, GRACE + 1.5, "endless output")
+    return reboot_request(bed, GRACE + 2.0, "endless output")
 
 
 def evil(bed: Bed) -> str:
@@ -107,7 +107,7 @@ def hook_untrusted_file(bed: Bed, rng: random.Random) -> Expect:
         os.chown(script(folder / "50-evil", evil(bed)), 65534, 65534)
     else:
         os.symlink(target, folder / "50-evil")
-    return reboot_request(bed, GRACE + 1.5, kind)
+    return reboot_request(bed, GRACE + 2.0, kind)
 
 
 @fault("hook-untrusted-place", BOTH, "a root-owned 0755 hook that would create a canary, in an "
@@ -123,7 +123,7 @@ def hook_untrusted_place(bed: Bed, rng: random.Random) -> Expect:
     script(folder / "50-evil", evil(bed))
     os.chmod(folder if kind == "world-writable-dir" else bed.hooks, 0o777)
     # a fixed agent trusts nothing in that directory, the trusted hook included
-    return reboot_request(bed, GRACE + 1.5, kind, trusted_runs=False)
+    return reboot_request(bed, GRACE + 2.0, kind, trusted_runs=False)
 
 
 def symlink_swap(bed: Bed, folder: "os.PathLike[str]", target: "os.PathLike[str]") -> Expect:
@@ -134,7 +134,7 @@ def symlink_swap(bed: Bed, folder: "os.PathLike[str]", target: "os.PathLike[str]
     script(folder / "20-slow", f"echo slow >> {bed.marks}/slow\nsleep 0.8\n")
     script(folder / "30-victim", "exit 0\n")
     before = len(bed.marks_of("slow"))
-    expect = reboot_request(bed, GRACE + 1.5, "symlink-swap")
+    expect = reboot_request(bed, GRACE + 2.0, "symlink-swap")
     started, _ = bed.wait_until(
         lambda: [] if len(bed.marks_of("slow")) > before else ["20-slow not started"], 10.0)
     link = folder / ".30-victim.new"
