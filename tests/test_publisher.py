@@ -296,3 +296,24 @@ def test_a_retry_refused_again_rewrites_no_marker():
     store.clear_log()
     publisher.publish(desired, MARKERS, QUIET)
     assert store.writes() == ["control/feature-balloon", "data/updated"]
+
+
+def test_a_marker_another_writer_removed_or_changed_is_repaired():
+    """data/updated (squeezed: "a guest agent runs", squeeze_xen.ml get_guest_agent) is a
+    batch marker, not a desired key: removed or overwritten by another writer it stayed so
+    (the fault campaign's owned-deleted/owned-overwritten classes found it).  A suspect
+    marker is read back and written again like any owned key."""
+    store = MemStore()
+    publisher = Publisher(store)
+    desired = {"data/os_name": "X", "attr/PVAddons/MajorVersion": "1"}
+    publisher.publish(desired, MARKERS, QUIET)
+    own_events(publisher, store)
+    for damage in (lambda: store.rm("data/updated"),
+                   lambda: store.write("data/updated", "0")):
+        damage()
+        store.clear_log()  # the damage is another writer's: its event is noted next
+        assert publisher.note_event("data/updated")
+        publisher.publish(desired, MARKERS, QUIET)
+        assert store.nodes["data/updated"] == MARKERS["data/updated"]
+        assert all(e is False for e in own_events(publisher, store))
+        assert not publisher.needs_repair

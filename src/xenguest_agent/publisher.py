@@ -305,8 +305,11 @@ class Publisher:
                     for key in [k for k in state if _below(k, path)]:
                         del state[key]
             self._write(result, sent, tx, state, pending)
-            # the markers close a batch that changed something (not memory alone)
-            if self._published is None or any(
+            # the markers close a batch that changed something (not memory alone), and
+            # are repaired like any owned key when another writer removed or changed one
+            damaged = any(current.get(p) != v for p, v in markers.items()
+                          if any(_below(p, s) for s in suspects))
+            if self._published is None or damaged or any(
                     p not in quiet for p in (*result.written, *result.removed)):
                 self._write(result, sent, tx, state,
                             {p: v for p, v in markers.items() if p not in pending})
