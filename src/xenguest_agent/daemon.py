@@ -90,6 +90,18 @@ WATCH_BACKLOG = 1024
 SUSPEND_JUMP = 2.0
 
 ALL = frozenset(COLLECTORS)
+MEMORY_ONLY = frozenset({"memory"})
+
+#: How often memory is checked (with a network event source).  The systemd
+#: watchdog ping (half of WatchdogSec=30s in systemd/xenguest-agent.service)
+#: rides on the same wake-up: at most four wake-ups a minute while idle.
+MEMORY_CHECK = 15.0
+
+
+def tick_interval(ping: Optional[float]) -> float:
+    """The memory check's period: ``MEMORY_CHECK``, or the watchdog's ping interval
+    when that is shorter, so one wake-up serves both."""
+    return MEMORY_CHECK if ping is None else min(MEMORY_CHECK, ping)
 
 
 def suspended_seconds() -> float:
@@ -378,8 +390,8 @@ class Daemon:
         if self.sources.open(ALL):
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
                      self.sources.net.name if self.sources.net is not None else "no",
-                     self.config.memory.min_interval, self.config.interval)
-            tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
+                     tick_interval(self.notifier.watchdog_interval), self.config.interval)
+            tick, tick_only = tick_interval(self.notifier.watchdog_interval), MEMORY_ONLY
             sweep: Optional[float] = self.config.interval
         else:
             log.info("network changes: no event source here; polling everything every %gs",
@@ -407,7 +419,7 @@ class Daemon:
             self._serve()
             if self._stopping:
                 break
-            now = self.clock()
+            now, timed = self.clock(), False
             if not self._connected:
                 if now >= self._next_reconnect:
                     self._try_reconnect()
@@ -417,17 +429,22 @@ class Daemon:
                 if next_sweep is not None and now >= next_sweep:
                     self._dirty |= ALL  # the safety sweep: collect and compare everything
                     next_sweep = now + sweep  # type: ignore[operator]
-                    next_round = now + tick
+                    next_round, timed = now + tick, True
                 elif now >= next_round:
-                    self._dirty |= tick_only
-                    next_round = now + tick
+                    # the memory tick: past reading the figures, nothing runs unless due
+                    if tick_only != MEMORY_ONLY or self.agent.memory_moved():
+                        self._dirty |= tick_only
+                    next_round, timed = now + tick, True
                 self._guarded(self._publish_dirty)
             if self._connected != was_connected:
                 was_connected = self._connected
                 self.notifier.status(f"publishing to {self.store.spec}" if self._connected
                                      else "XenStore unavailable: reconnecting")
-            if next_ping is not None and now >= next_ping:
-                self.notifier.watchdog()  # from the loop itself: a wedged loop stops the pings
+            # from the loop itself: a wedged loop stops the pings.  A timed round pings
+            # too once half the interval passed, so the two deadlines stay one wake-up.
+            if next_ping is not None and (now >= next_ping
+                                          or (timed and now >= next_ping - ping / 2)):  # type: ignore[operator]
+                self.notifier.watchdog()
                 next_ping = now + ping  # type: ignore[operator]
             deadlines: List[Optional[float]] = [
                 next_round if self._connected else self._next_reconnect,
