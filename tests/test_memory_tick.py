@@ -24,7 +24,7 @@ from xenguest_agent.agent import Agent, memory_due
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.linux import LinuxBackend
 from xenguest_agent.config import Config, MemoryConfig
-from xenguest_agent.daemon import MEMORY_CHECK, Daemon, tick_interval
+from xenguest_agent.daemon import MEMORY_CHECK, Daemon, ping_window, tick_interval
 from xenguest_agent.facts import Memory
 from xenguest_agent.host import Host
 from xenguest_agent.publisher import Publisher
@@ -77,12 +77,16 @@ def test_the_defaults_are_the_documented_rule():
 
 
 def test_the_tick_rides_on_the_watchdog_ping():
-    """systemd/xenguest-agent.service has WatchdogSec=30s: the ping every 15 s
-    (sd_watchdog_enabled(3): half the timeout) is the memory check's wake-up too."""
-    assert tick_interval(None) == MEMORY_CHECK == 15.0
-    assert tick_interval(15.0) == 15.0
-    assert tick_interval(5.0) == 5.0       # a shorter watchdog: the check rides on its pings
-    assert tick_interval(300.0) == 15.0    # a longer one: pinged from the ticks (daemon._loop)
+    """systemd/xenguest-agent.service has WatchdogSec=30s, so the notifier's interval is
+    15 s (sd_watchdog_enabled(3): half the timeout).  systemd's own event loop pings
+    between 1/2 and 3/4 of the period and never sooner than 1/4 (systemd
+    src/libsystemd/sd-event/sd-event.c, ``arm_watchdog``, ``process_watchdog``):
+    7.5 s to 22.5 s here, and the 20 s memory check falls inside, carrying the ping."""
+    assert ping_window(15.0) == (7.5, 22.5)
+    assert tick_interval(None) == MEMORY_CHECK == 20.0
+    assert tick_interval(15.0) == 20.0      # the unit's watchdog: one wake-up serves both
+    assert tick_interval(5.0) == 7.5        # a shorter watchdog: the checks follow its pings
+    assert tick_interval(300.0) == 20.0     # a longer one: pinged from the ticks (daemon._loop)
 
 
 class QuietNet:
@@ -138,7 +142,7 @@ def test_a_memory_tick_below_the_rule_renders_nothing(xenstored, tmp_path):
     agent = CountingAgent(LinuxBackend(host, CapturedAddresses(host)), config)
     store = XenStore(xenstored.spec)
     store.connect()
-    # a 0.05 s watchdog interval makes the memory tick 0.05 s (tick_interval)
+    # a 0.05 s watchdog interval makes the memory tick 0.075 s (tick_interval)
     daemon = Daemon(agent, store, Publisher(store), config, net_events=QuietNet(),
                     notifier=Notifier(str(tmp_path / "notify"), watchdog_interval=0.05))
     thread = threading.Thread(target=daemon.run, daemon=True)

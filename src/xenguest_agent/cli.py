@@ -10,10 +10,8 @@ exits 141, as a command stopped by SIGPIPE.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import sys
 from typing import Optional, Sequence
 
@@ -75,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _os_name(choice: str) -> str:
-    return platform.system().lower() if choice == "auto" else choice
+    return os.uname().sysname.lower() if choice == "auto" else choice
 
 
 def _config_path(args: argparse.Namespace, os_name: str) -> str:
@@ -103,6 +101,7 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     ordered = dict(sorted(values.items()))
     try:
         if args.format == "json":
+            import json  # only `show --format json` needs it
             json.dump(ordered, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:

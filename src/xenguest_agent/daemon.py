@@ -12,8 +12,10 @@ per wake-up, control requests first, so nothing can pile up behind anything.
 Timers are deadlines the loop computes:
 
 * with a network event source: interfaces are re-collected on each
-  notification, memory every ``memory.min_interval`` seconds, everything every
-  ``interval`` seconds (the safety sweep, in case an event was missed);
+  notification, memory every ``MEMORY_CHECK`` seconds (reading it only, unless
+  the memory rule says a write is due), everything every ``interval`` seconds
+  (the safety sweep, in case an event was missed);
+* the systemd watchdog ping, carried by the memory check's wake-up;
 * without one: everything every ``poll_interval`` seconds (said at start-up);
 * the shutdown grace period of a pending control request;
 * the reconnect backoff while XenStore is unreachable.
@@ -93,15 +95,24 @@ ALL = frozenset(COLLECTORS)
 MEMORY_ONLY = frozenset({"memory"})
 
 #: How often memory is checked (with a network event source).  The systemd
-#: watchdog ping (half of WatchdogSec=30s in systemd/xenguest-agent.service)
-#: rides on the same wake-up: at most four wake-ups a minute while idle.
-MEMORY_CHECK = 15.0
+#: watchdog ping rides on the same wake-up: three wake-ups a minute while idle.
+MEMORY_CHECK = 20.0
+
+
+def ping_window(ping: float) -> Tuple[float, float]:
+    """(earliest, latest) delay after a ping for the next one, given the notifier's
+    interval (half of WATCHDOG_USEC): like systemd's own event loop (systemd
+    src/libsystemd/sd-event/sd-event.c, ``arm_watchdog``: between 1/2 and 3/4 of the
+    period, at a time that coalesces with other wake-ups; ``process_watchdog``: never
+    sooner than 1/4 of it).  With WatchdogSec=30s in systemd/xenguest-agent.service:
+    7.5 s and 22.5 s."""
+    return ping / 2, ping * 1.5
 
 
 def tick_interval(ping: Optional[float]) -> float:
-    """The memory check's period: ``MEMORY_CHECK``, or the watchdog's ping interval
-    when that is shorter, so one wake-up serves both."""
-    return MEMORY_CHECK if ping is None else min(MEMORY_CHECK, ping)
+    """The memory check's period: ``MEMORY_CHECK``, or less when the watchdog needs a
+    ping sooner, so that each check's wake-up carries the ping."""
+    return MEMORY_CHECK if ping is None else min(MEMORY_CHECK, ping_window(ping)[1])
 
 
 def suspended_seconds() -> float:
@@ -413,7 +424,9 @@ class Daemon:
         next_round = now + tick
         next_sweep = None if sweep is None else now + sweep
         ping = self.notifier.watchdog_interval
-        next_ping = None if ping is None else now
+        soonest, latest = ping_window(ping) if ping is not None else (0.0, 0.0)
+        next_ping = None if ping is None else now  # the deadline: READY is followed by a ping
+        last_ping = now
         was_connected = True
         while True:
             self._serve()
@@ -440,12 +453,12 @@ class Daemon:
                 was_connected = self._connected
                 self.notifier.status(f"publishing to {self.store.spec}" if self._connected
                                      else "XenStore unavailable: reconnecting")
-            # from the loop itself: a wedged loop stops the pings.  A timed round pings
-            # too once half the interval passed, so the two deadlines stay one wake-up.
-            if next_ping is not None and (now >= next_ping
-                                          or (timed and now >= next_ping - ping / 2)):  # type: ignore[operator]
+            # from the loop itself: a wedged loop stops the pings.  A timed round (the
+            # memory tick, the sweep) pings too unless the last ping is very recent, so
+            # the tick's wake-up carries the ping and the deadline rarely wakes alone.
+            if next_ping is not None and (now >= next_ping or (timed and now >= last_ping + soonest)):
                 self.notifier.watchdog()
-                next_ping = now + ping  # type: ignore[operator]
+                last_ping, next_ping = now, now + latest
             deadlines: List[Optional[float]] = [
                 next_round if self._connected else self._next_reconnect,
                 next_sweep if self._connected else None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence, Tuple
 
@@ -46,6 +45,8 @@ class SubprocessRunner:
     """The live runner: ``subprocess.run`` with a timeout, no shell, C locale."""
 
     def __call__(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        import subprocess  # imported by the first command: the daemon's Linux path runs none
+
         env = dict(os.environ, LC_ALL="C", LANG="C")
         try:
             done = subprocess.run(
