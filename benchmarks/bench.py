@@ -199,7 +199,8 @@ class LiveAgent:
         config.write_text("network:\n  exclude: [lo, v1]\n  static_vifs: {v0: 0}\n")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(work / "notify"))
-        self.notify.setblocking(False)
+        self._pings, self._counted = 0, 0  # counted by a thread as systemd would: never full
+        threading.Thread(target=self._listen, daemon=True).start()
         env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify"), WATCHDOG_USEC=WATCHDOG_USEC)
         env.pop("WATCHDOG_PID", None)
         xs.restart()
@@ -211,17 +212,26 @@ class LiveAgent:
         watcher.close()
         self.pid = agent_pid(self.proc)
 
-    def pings(self) -> int:
-        count = 0
+    def _listen(self) -> None:
         while True:
             try:
-                count += self.notify.recv(4096).count(b"WATCHDOG=1")
-            except BlockingIOError:
-                return count
+                self._pings += self.notify.recv(4096).count(b"WATCHDOG=1")
+            except OSError:  # closed
+                return
+
+    def pings(self) -> int:
+        """WATCHDOG=1 messages since the last call."""
+        total = self._pings
+        count, self._counted = total - self._counted, total
+        return count
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        try:
+            self.notify.shutdown(socket.SHUT_RDWR)  # wakes the listening thread
+        except OSError:
+            pass
         self.notify.close()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
 
