@@ -41,19 +41,45 @@ COLLECTORS = ("os", "memory", "interfaces", "capabilities", "names")
 LAST_GOOD_MAX_AGE = 900.0
 
 
+#: A move this many times the threshold is written at the next memory check
+#: without waiting for ``min_interval``: a balloon reaching its target, a large
+#: allocation or release, which the toolstack's graph should show promptly.
+PROMPT_FACTOR = 4
+
+
+def memory_threshold_kib(total_kib: int, config: MemoryConfig) -> float:
+    """Both thresholds must be passed: the larger of the absolute one and the
+    share of total.  (Either alone made the 16 MiB one fire on any large guest
+    whose page cache breathes; the share alone would be too fine on a small one.)"""
+    return max(float(config.threshold_kib), total_kib * config.threshold_percent / 100.0)
+
+
 def memory_due(published: Optional[Memory], since: float, now: float, current: Memory,
                config: MemoryConfig) -> bool:
-    """Hysteresis for ``data/meminfo_free``: publish when the figure moved by more
-    than an absolute or relative threshold, or moved at all and ``max_age``
-    passed; never more often than ``min_interval``; a total change (balloon,
-    hot-plug) is always published."""
+    """The rule for re-publishing ``data/meminfo_free`` (docs/keys.md, docs/performance.md).
+
+    Its reader, rrdp-squeezed (xen-api ocaml/xcp-rrdd/bin/rrdp-squeezed/rrdp_squeezed.ml,
+    ``MemoryActions.watch_fired``), watches the key, caches the value it reads and
+    reports the cached value as ``memory_internal_free`` at every rrdd sample: the
+    graph is a step function of what was written, so a write only has to follow the
+    real figure closely enough, not often.
+
+    * first figure, or total changed (balloon, hot-plug): now;
+    * moved by ``PROMPT_FACTOR`` x the threshold: now;
+    * moved by the threshold: once ``min_interval`` passed since the last write;
+    * moved at all: once ``max_age`` passed."""
     if published is None or published.total_kib != current.total_kib:
         return True
     delta = abs(current.free_kib - published.free_kib)
-    if delta == 0 or now - since < config.min_interval:
+    if delta == 0:
         return False
-    relative = current.total_kib * config.threshold_percent / 100.0
-    return delta >= config.threshold_kib or delta >= relative or now - since >= config.max_age
+    threshold = memory_threshold_kib(current.total_kib, config)
+    elapsed = now - since
+    if delta >= PROMPT_FACTOR * threshold:
+        return True
+    if delta >= threshold:
+        return elapsed >= config.min_interval
+    return elapsed >= config.max_age
 
 
 @dataclass(frozen=True)
@@ -163,9 +189,20 @@ class Agent:
         self._slots = rendered.slots
         return rendered.values
 
+    def memory_moved(self) -> bool:
+        """The memory tick: read the memory figures only (``/proc/meminfo``, the
+        FreeBSD sysctls) and say whether a publish is due.  When it is not, nothing
+        else runs: no render, no diff."""
+        current = self._run_collector("memory")
+        if not isinstance(current, Memory):  # failed, no good value left: withdraw once
+            return self._memory_published is not None
+        return memory_due(self._memory_published, self._memory_since, self.clock(), current,
+                          self.config.memory)
+
     def _apply_memory_hysteresis(self, facts: Facts, desired: Dict[str, str]) -> None:
         current = facts.memory
-        if current is None:
+        if current is None:  # the keys are withdrawn: the next figure is a first one
+            self._memory_published = None
             return
         now = self.clock()
         if memory_due(self._memory_published, self._memory_since, now, current, self.config.memory):

@@ -10,10 +10,8 @@ exits 141, as a command stopped by SIGPIPE.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import sys
 from typing import Optional, Sequence
 
@@ -83,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _os_name(choice: str) -> str:
-    return platform.system().lower() if choice == "auto" else choice
+    return os.uname().sysname.lower() if choice == "auto" else choice
 
 
 def _config_path(args: argparse.Namespace, os_name: str) -> str:
@@ -111,6 +109,7 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     ordered = dict(sorted(values.items()))
     try:
         if args.format == "json":
+            import json  # only `show --format json` needs it
             json.dump(ordered, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
@@ -244,6 +243,8 @@ def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
     report = status.diagnose(home.tree, guestprobe.domain_type(host, os_name), detected,
                              guestprobe.other_agents(host), daemon, tuple(home.unreadable),
                              home.truncated)
+    import json
+
     text = (json.dumps(status.to_json(report), indent=2) + "\n" if args.format == "json"
             else status.to_text(report))
     try:

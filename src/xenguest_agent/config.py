@@ -56,10 +56,10 @@ class ConfigError(Exception):
 class MemoryConfig:
     """When ``data/meminfo_free`` is re-published (hysteresis, see docs/keys.md)."""
 
-    threshold_kib: int = 16384      # absolute change that triggers a publish
-    threshold_percent: float = 1.0  # relative change (of total) that triggers a publish
-    min_interval: float = 5.0       # never publish memory more often than this
-    max_age: float = 600.0          # publish at least this often when it moved at all
+    threshold_kib: int = 16384      # a move must pass both this absolute threshold...
+    threshold_percent: float = 1.0  # ...and this share of total (agent.memory_due)
+    min_interval: float = 120.0     # such a move is written at most this often
+    max_age: float = 600.0          # any move is written once this passed
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ per wake-up, control requests first, so nothing can pile up behind anything.
 Timers are deadlines the loop computes:
 
 * with a network event source: interfaces are re-collected on each
-  notification, memory every ``memory.min_interval`` seconds, everything every
-  ``interval`` seconds (the safety sweep, in case an event was missed);
+  notification, memory every ``MEMORY_CHECK`` seconds (reading it only, unless
+  the memory rule says a write is due), everything every ``interval`` seconds
+  (the safety sweep, in case an event was missed);
+* the systemd watchdog ping, carried by the memory check's wake-up;
 * without one: everything every ``poll_interval`` seconds (said at start-up);
 * the shutdown grace period of a pending control request;
 * the reconnect backoff while XenStore is unreachable.
@@ -54,6 +56,7 @@ from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.shutdownstate import run_shutdown_hooks
 from xenguest_agent.statefile import StateFile, wall_clock
 from xenguest_agent.staticip.driver import StaticIpDriver
+from xenguest_agent.ticks import ping_window, tick_interval
 from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.watches import WatchInbox, set_watches
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
@@ -65,7 +68,7 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 
 ALL = frozenset(COLLECTORS)
-
+MEMORY_ONLY = frozenset({"memory"})
 
 class Daemon:
     """Drives an :class:`Agent` and a :class:`Control` against a :class:`XenStore`."""
@@ -322,7 +325,7 @@ class Daemon:
             if self.hotplug is not None:
                 self.hotplug.start()
             if events:
-                tick, tick_only = max(self.config.memory.min_interval, 0.5), frozenset({"memory"})
+                tick, tick_only = tick_interval(self.notifier.watchdog_interval), MEMORY_ONLY
                 sweep: Optional[float] = self.config.interval
             else:
                 tick, tick_only, sweep = self.config.poll_interval, ALL, None
@@ -351,7 +354,7 @@ class Daemon:
         if self.sources.open(ALL):
             log.info("network changes: %s events; memory checked every %gs, full sweep every %gs",
                      self.sources.net.name if self.sources.net is not None else "no",
-                     self.config.memory.min_interval, self.config.interval)
+                     tick_interval(self.notifier.watchdog_interval), self.config.interval)
             return True
         log.info("network changes: no event source here; polling everything every %gs",
                  self.config.poll_interval)
@@ -362,13 +365,15 @@ class Daemon:
         next_round = now + tick
         next_sweep = None if sweep is None else now + sweep
         ping = self.notifier.watchdog_interval
-        next_ping = None if ping is None else now
+        soonest, latest = ping_window(ping) if ping is not None else (0.0, 0.0)
+        next_ping = None if ping is None else now  # the deadline: READY is followed by a ping
+        last_ping = now
         was_connected = True
         while True:
             self._serve()
             if self._stopping:
                 break
-            now = self.clock()
+            now, timed = self.clock(), False
             if not self._connected:
                 if now >= self._next_reconnect:
                     self._try_reconnect()
@@ -379,18 +384,23 @@ class Daemon:
                 if next_sweep is not None and now >= next_sweep:
                     self._dirty |= ALL  # the safety sweep: collect and compare everything
                     next_sweep = now + sweep  # type: ignore[operator]
-                    next_round = now + tick
+                    next_round, timed = now + tick, True
                 elif now >= next_round:
-                    self._dirty |= tick_only
-                    next_round = now + tick
+                    # the memory tick: past reading the figures, nothing runs unless due
+                    if tick_only != MEMORY_ONLY or self.agent.memory_moved():
+                        self._dirty |= tick_only
+                    next_round, timed = now + tick, True
                 self._guarded(self._publish_dirty)
             if self._connected != was_connected:
                 was_connected = self._connected
                 self.notifier.status(f"publishing to {self.store.spec}" if self._connected
                                      else "XenStore unavailable: reconnecting")
-            if next_ping is not None and now >= next_ping:
-                self.notifier.watchdog()  # from the loop itself: a wedged loop stops the pings
-                next_ping = now + ping  # type: ignore[operator]
+            # from the loop itself: a wedged loop stops the pings.  A timed round (the
+            # memory tick, the sweep) pings too unless the last ping is very recent, so
+            # the tick's wake-up carries the ping and the deadline rarely wakes alone.
+            if next_ping is not None and (now >= next_ping or (timed and now >= last_ping + soonest)):
+                self.notifier.watchdog()
+                last_ping, next_ping = now, now + latest
             deadlines: List[Optional[float]] = [
                 next_round if self._connected else self._next_reconnect,
                 next_sweep if self._connected else None,

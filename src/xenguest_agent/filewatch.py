@@ -28,7 +28,6 @@ temporary tree; symlinks are resolved inside that root.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -130,8 +129,9 @@ def plan(host: Host, watched: dict[str, tuple[str, ...]]) -> dict[str, dict[str,
 
 
 def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True)
+    # The symbols already loaded (libc among them): ctypes.util.find_library would run
+    # `ldconfig -p` in a child process and import subprocess, for nothing.
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.inotify_init1.argtypes = [ctypes.c_int]
     libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]

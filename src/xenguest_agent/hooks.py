@@ -36,11 +36,13 @@ import os
 import re
 import selectors
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import subprocess
 
 from xenguest_agent.trust import UntrustedError, fd_executable, open_trusted_directory, open_trusted_hook
 
@@ -175,6 +177,8 @@ class HookJob:
     def execute(self, shown: str, argv: Sequence[str], env: Mapping[str, str],
                 executable: Optional[str] = None, pass_fds: Tuple[int, ...] = ()) -> HookResult:
         """Run one process in a new session, bounded by the job's timeout and cancel()."""
+        import subprocess  # imported by the first hook or command: most daemons run none
+
         started = time.monotonic()
         try:
             proc = subprocess.Popen(list(argv), executable=executable, pass_fds=pass_fds,

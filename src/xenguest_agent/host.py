@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND_TIMEOUT = 5.0
+#: read_text's step: /proc and sysfs files the agent reads are a few KiB at most.
+READ_STEP = 16384
 
 
 class CommandError(Exception):
@@ -46,6 +47,8 @@ class SubprocessRunner:
     """The live runner: ``subprocess.run`` with a timeout, no shell, C locale."""
 
     def __call__(self, argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        import subprocess  # imported by the first command: the daemon's Linux path runs none
+
         env = dict(os.environ, LC_ALL="C", LANG="C")
         try:
             done = subprocess.run(
@@ -88,13 +91,28 @@ class Host:
         return os.path.join(self.root, guest_path.lstrip("/"))
 
     def read_text(self, guest_path: str, limit: int = 1 << 20) -> Optional[str]:
-        """The file's text (at most ``limit`` bytes), or None if it cannot be read."""
+        """The file's text (at most ``limit`` bytes), or None if it cannot be read.
+
+        Read in small steps: a buffered ``read(limit)`` allocates ``limit`` bytes first
+        (an mmap and munmap of 1 MiB for every /proc/meminfo of the memory tick)."""
         try:
-            with open(self.path(guest_path), "rb") as handle:
-                data = handle.read(limit)
+            fd = os.open(self.path(guest_path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
-        return data.decode("utf-8", "replace")
+        chunks: List[bytes] = []
+        size = 0
+        try:
+            while size < limit:
+                chunk = os.read(fd, min(READ_STEP, limit - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def read_line(self, guest_path: str) -> Optional[str]:
         """The first line of a file, stripped (sysfs attributes), or None."""

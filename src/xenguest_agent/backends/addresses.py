@@ -16,7 +16,6 @@ to reproduce a problem.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -140,6 +139,8 @@ class NetlinkAddresses:
 
 def parse_ip_json(text: str, parse: Callable[[int, str], Address | None] = make_address) -> Table:
     """Parse ``ip -json address`` output (iproute2) into the address table."""
+    import json  # only captured trees (show --root) and tests parse `ip -json`
+
     table: Table = {}
     for link in json.loads(text):
         name = link.get("ifname")
