@@ -41,6 +41,11 @@ REQUIRED = ["attr/PVAddons/MajorVersion", "attr/PVAddons/MinorVersion", "attr/PV
             "data/meminfo_free", "data/updated", "attr/vif/0/ipv4/0"]
 
 
+# xenopsd's guest-writable directories (domain.ml `make`; the device/* ones as libxl makes them).
+XENOPSD_RW_DIRS = ("feature", "error", "drivers", "control", "attr", "xenserver/attr", "data", "messages",
+                   "vm-data", "hvmloader", "rrd")
+
+
 class Fail(Exception):
     pass
 
@@ -179,6 +184,13 @@ class Guest:
         if self.xenopsd:
             # xenopsd writes unique-domain-id at creation, before unpausing (CA-30811).
             sh(["xenstore-write", self.home + "/unique-domain-id", str(uuid.uuid4())])
+            # ...and makes these directories the guest's own (rwperm_for_guest: owner domid, no
+            # one else), where libxl leaves control/ read-only to it (xen-api ocaml/xenopsd/xc/
+            # domain.ml, `make`: mksubdirs ... rwperm). Without it the agent's
+            # control/feature-balloon and control/feature-static-ip-setting are refused (EACCES).
+            sh("for d in %s; do p=%s/$d; xenstore-exists $p || xenstore-write $p ''; "
+               "xenstore-chmod $p n%d || exit 1; done" % (" ".join(XENOPSD_RW_DIRS), self.home,
+                                                          self.domid))
         self.open_channel()
         if paused:
             sh(["xl", "unpause", self.name])
@@ -914,7 +926,11 @@ class Scenario:
     def write_static(self):
         """One transaction (xenstore-write wraps all its writes in one): the keys VIF plug writes
         (mac, error-code 0, empty error-msg) and what VIF.configure_ipv4 mode=static adds."""
-        sc = self.sc
+        sc, vif = self.sc, "%s/xenserver/device/vif/0" % self.g.home
+        # The VIF's private directory is the guest's to write (xenopsd device.ml,
+        # Generic.add_device: rwperm_for_guest); the home itself is read-only to the guest.
+        sh("xenstore-exists {0} || xenstore-write {0} ''; xenstore-chmod {0} n{1}".format(
+            vif, self.g.domid))
         sh(["xenstore-write", self.sip("mac"), sc["mac"], self.sip("error-code"), "0",
             self.sip("error-msg"), "", self.sip("enabled"), "1",
             self.sip("address"), sc["static_ip"] + "/24", self.sip("gateway"), "10.99.0.1"])
