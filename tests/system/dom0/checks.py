@@ -662,7 +662,14 @@ class Scenario:
             problems.append("/usr/bin/xenguest-agent not owned by the package")
         if not any("No such file" in ln for ln in lines[-2:]):
             problems.append("a copied agent tree exists: %s" % lines[-2:])
-        console = self.console_since(mark)
+        # With Type=notify systemd prints "Started" at READY=1, when is-active turns active;
+        # xenconsoled writes the console log a little later: wait for the line, not for the state.
+        try:
+            console, _ = wait_for("'Started xenguest-agent.service' on the console", lambda: (
+                lambda text: text if UNIT_LINE("Started").search(text) else None)(
+                    self.console_since(mark)), 30, 0.5)
+        except Fail:
+            console = self.console_since(mark)
         started = UNIT_LINE("Started").search(console)
         if not started:
             problems.append("the console shows no 'Started xenguest-agent.service'")
