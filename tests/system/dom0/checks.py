@@ -730,7 +730,12 @@ class Scenario:
             out = g.cmd("cat /var/log/xgs-hooks.log 2>/dev/null; true", 20)[1]
             return [ln for ln in out.splitlines() if want.search(ln)]
 
-        lines, secs = wait_for("the %s hook for domid %d" % (event, g.domid), seen, 60, 0.5)
+        try:
+            lines, secs = wait_for("the %s hook for domid %d" % (event, g.domid), seen, 60, 0.5)
+        except Fail as exc:
+            raise Fail("%s\nthe agent's journal about hooks and resume:\n%s" % (exc, g.cmd(
+                "journalctl -u xenguest-agent.service --no-pager -o cat | grep -iE 'hook|resum|migrat|"
+                "domid|refus|trust' | tail -n 30; cat /var/log/xgs-hooks.log; true", 20)[1])) from None
         return secs, lines[-1]
 
     def jobs_seen(self, text):
