@@ -154,7 +154,13 @@ def assemble(base_tar, deb, rundir, scenarios, dest):
         with open(os.path.join(root, "etc/systemd/network/50-xgs-%s.network" % sc["name"]), "w") as f:
             f.write(network_file(sc))
     size = int(build.run(["du", "-sm", root]).split()[0])
-    build.pack_cpio(root, dest)
+    # Unlike build.pack_cpio, the archive holds "." too: the kernel applies a directory entry's
+    # owner and mode even when the directory exists (linux init/initramfs.c, do_name: init_mkdir,
+    # init_chown, init_chmod), so "/" gets the root's 0755. Without it "/" keeps the mode of the
+    # rootfs tmpfs, 1777, and the agent rightly refuses to run any hook under a group/other-writable
+    # "/" (the hooks' trust chain starts there).
+    build.run("cd '%s' && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | zstd -q -T0 -3 "
+              "-o '%s'" % (root, dest))
     shutil.rmtree(root)
     return {"root_mb": size, "cpio_mb": round(os.path.getsize(dest) / 1048576.0, 1),
             "unit": enabled}
