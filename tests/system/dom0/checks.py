@@ -995,7 +995,29 @@ class Scenario:
             "pings it; attr/vif/0/ipv4 %s %.2fs later" % (t_applied, g.ifname, " ".join(addrs), route, v4,
                                                           t_ping + t_pub)
 
+    def static_evidence(self, fn):
+        """fn(), and on a failure the guest's addresses, the agent's journal and attr/vif/0."""
+        try:
+            return fn()
+        except Fatal:
+            raise
+        except Fail as exc:
+            g = self.g
+            vif = {k: v for k, v in g.tree().items() if k.startswith(("attr/vif/0/", "xenserver/"))}
+            raise Fail("%s\nattr/vif/0 and static-ip-setting: %s\nguest:\n%s" % (exc, vif, g.cmd(
+                "ip -4 -o addr show dev %s; journalctl -u xenguest-agent.service --no-pager -o "
+                "short-monotonic -n 40; true" % g.ifname, 30)[1])) from None
+
     def static_ip(self):
+        return self.static_evidence(self._static_ip)
+
+    def static_after_reboot(self):
+        return self.static_evidence(self._static_after_reboot)
+
+    def static_dhcp_then_own(self):
+        return self.static_evidence(self._static_dhcp_then_own)
+
+    def _static_ip(self):
         sc, g = self.sc, self.g
         t0 = time.monotonic()
         self.write_static()
@@ -1003,12 +1025,12 @@ class Scenario:
         g.ip = sc["static_ip"]  # what later tree checks expect as ipv4/0
         return self.static_check("enabled=1", t0, t_applied)
 
-    def static_after_reboot(self):
+    def _static_after_reboot(self):
         t0 = time.monotonic()
         t_applied = self.sip_done("after xl reboot")
         return self.static_check("after xl reboot", t0, t_applied)
 
-    def static_dhcp_then_own(self):
+    def _static_dhcp_then_own(self):
         """enabled=2 (set_ip_unspecified_or_autoconf: address and gateway removed): the agent's file
         asks for DHCP and the static address goes (this bed has no DHCP server: no IPv4 comes);
         then enabled=0: the agent's file is removed and networkd's own file gives the NIC back its
