@@ -965,7 +965,8 @@ class Scenario:
         def ok():
             t = self.g.tree()
             v4 = [v for k, v in t.items() if k.startswith("attr/vif/0/ipv4/")]
-            return v4 if (want is None or t.get("attr/vif/0/ipv4/0") == want) \
+            # (v4,): true also when no IPv4 is left (enabled=2 without a DHCP server).
+            return (v4,) if (want is None or t.get("attr/vif/0/ipv4/0") == want) \
                 and not set(absent) & set(v4) else None
 
         return wait_for("attr/vif/0/ipv4 %s%s" % ("0=%s" % want if want else "",
@@ -990,7 +991,7 @@ class Scenario:
             raise Fail("%s: the guest's %s has %s, default route %r (want %s/24 via 10.99.0.1); "
                        "agent's file: %s" % (what, g.ifname, addrs, route, sc["static_ip"], conf))
         t_ping = self.ping(sc["static_ip"])
-        v4, t_pub = self.v4_published(sc["static_ip"], absent=[sc["ip"]])
+        (v4,), t_pub = self.v4_published(sc["static_ip"], absent=[sc["ip"]])
         return time.monotonic() - t0, "applied (enabled removed, error-code 0) %.2fs; %s %s, %s; dom0 " \
             "pings it; attr/vif/0/ipv4 %s %.2fs later" % (t_applied, g.ifname, " ".join(addrs), route, v4,
                                                           t_ping + t_pub)
@@ -1046,7 +1047,7 @@ class Scenario:
         if "DHCP=ipv4" not in conf or sc["static_ip"] + "/24" in addrs:
             raise Fail("enabled=2: the guest's %s has %s; agent's file: %s (want DHCP=ipv4, no %s)" % (
                 g.ifname, addrs, conf, sc["static_ip"]))
-        _, t2pub = self.v4_published(None, absent=[sc["static_ip"]])
+        (v4,), t2pub = self.v4_published(None, absent=[sc["static_ip"]])
         t1 = time.monotonic()
         sh(["xenstore-write", self.sip("enabled"), "0"])
         t0b = self.sip_done("enabled=0")
@@ -1058,10 +1059,10 @@ class Scenario:
         t_ping = self.ping(sc["ip"])
         _, t_pub = self.v4_published(sc["ip"], absent=[sc["static_ip"]])
         return time.monotonic() - t0, "enabled=2: applied %.2fs, %s gone (guest %s), file DHCP=ipv4, " \
-            "attr/vif %.2fs; enabled=0: applied %.2fs, agent's file gone, %s back (%s), dom0 pings it, " \
-            "attr/vif/0/ipv4/0 %.2fs later (enabled=0 step %.1fs)" % (
-                t2, sc["static_ip"], addrs or "no IPv4", t2pub, t0b, sc["ip"], " ".join(addrs0),
-                t_ping + t_pub, time.monotonic() - t1)
+            "attr/vif/0/ipv4 %s %.2fs; enabled=0: applied %.2fs, agent's file gone, %s back (%s), " \
+            "dom0 pings it, attr/vif/0/ipv4/0 %.2fs later (enabled=0 step %.1fs)" % (
+                t2, sc["static_ip"], addrs or "no IPv4", v4 or "empty", t2pub, t0b, sc["ip"],
+                " ".join(addrs0), t_ping + t_pub, time.monotonic() - t1)
 
     def run_busybox(self):
         self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
