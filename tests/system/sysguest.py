@@ -30,8 +30,11 @@ import build
 
 # procps: the package depends on it (the unit's ExecReload is /bin/kill, which Debian ships in
 # procps); `dpkg -i` refuses the .deb if a dependency it declares is missing here.
+# dbus: `networkctl reload` / `reconfigure` (what the agent's static IP backend runs) talk to
+# systemd-networkd over the system bus; without a bus daemon they fail ("Failed to connect system
+# bus"). A Debian server has one (dbus is part of the standard install).
 INCLUDE = ["systemd", "systemd-sysv", "udev", "kmod", "iproute2", "python3", "python3-psutil",
-           "python3-yaml", "procps"]
+           "python3-yaml", "procps", "dbus"]
 MODULES = ["xen-netfront"]
 # Not needed in a guest that only runs the agent; dpkg and perl-base stay (the per-run dpkg -i).
 DROP = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/i18n",

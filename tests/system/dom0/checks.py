@@ -15,8 +15,12 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
+
+sys.path.insert(0, "/opt/xgs")
+import xapi  # noqa: E402  (src/xenguest_agent/xapi.py, copied by tests/system/run: xapi's rules)
 
 CFG = json.load(open("/opt/xgs/config.json"))
 T0 = time.monotonic()
@@ -35,6 +39,11 @@ REQUIRED = ["attr/PVAddons/MajorVersion", "attr/PVAddons/MinorVersion", "attr/PV
             "attr/PVAddons/BuildVersion", "attr/PVAddons/Installed", "data/os_name", "data/os_distro",
             "data/os_majorver", "data/os_minorver", "data/os_uname", "data/meminfo_total",
             "data/meminfo_free", "data/updated", "attr/vif/0/ipv4/0"]
+
+
+# xenopsd's guest-writable directories (domain.ml `make`; the device/* ones as libxl makes them).
+XENOPSD_RW_DIRS = ("feature", "error", "drivers", "control", "attr", "xenserver/attr", "data", "messages",
+                   "vm-data", "hvmloader", "rrd")
 
 
 class Fail(Exception):
@@ -145,6 +154,8 @@ class Guest:
             'extra = "%s"' % extra,
             "memory = %d" % memory,
             "vcpus = 1",
+            # The systemd guest starts with 1 of 2 vCPUs: the vCPU hot-plug check adds the second.
+        ] + (["maxvcpus = 2"] if self.systemd else []) + [
             'vif = [ "mac=%s,bridge=xenbr0" ]' % sc["mac"],
             'on_poweroff = "destroy"',
             'on_reboot = "restart"',
@@ -173,6 +184,13 @@ class Guest:
         if self.xenopsd:
             # xenopsd writes unique-domain-id at creation, before unpausing (CA-30811).
             sh(["xenstore-write", self.home + "/unique-domain-id", str(uuid.uuid4())])
+            # ...and makes these directories the guest's own (rwperm_for_guest: owner domid, no
+            # one else), where libxl leaves control/ read-only to it (xen-api ocaml/xenopsd/xc/
+            # domain.ml, `make`: mksubdirs ... rwperm). Without it the agent's
+            # control/feature-balloon and control/feature-static-ip-setting are refused (EACCES).
+            sh("for d in %s; do p=%s/$d; xenstore-exists $p || xenstore-write $p ''; "
+               "xenstore-chmod $p n%d || exit 1; done" % (" ".join(XENOPSD_RW_DIRS), self.home,
+                                                          self.domid))
         self.open_channel()
         if paused:
             sh(["xl", "unpause", self.name])
@@ -338,6 +356,27 @@ def validate(g, tree, facts):
     v6 = sorted(v for k, v in tree.items() if k.startswith("attr/vif/0/ipv6/"))
     chk("vif 0 addresses", tree.get("attr/vif/0/ipv4/0") == g.ip and g.ip6 in v6,
         "ipv4/0=%s ipv4=%s ipv6=%s" % (tree.get("attr/vif/0/ipv4/0"), v4, v6))
+    # What xapi makes of the tree (the executable model, xapi.py, written from xen-api's
+    # xapi_guest_agent.ml / xapi_pv_driver_version.ml / squeeze_xen.ml): the verdicts XenCenter
+    # shows, next to the hand-written facts above.
+    view = xapi.read_guest(tree)
+    nets, drv = dict(view.metrics.networks), view.drivers
+    chk("xapi model: tools, networks", drv.detected and drv.kind == "Linux"
+        and nets.get("0/ip") == g.ip and nets.get("0/ipv4/0") == g.ip
+        and g.ip6 in [v for k, v in nets.items() if k.startswith("0/ipv6/")]
+        and view.metrics.os_version.get("distro") == facts["id"]
+        and view.metrics.os_version.get("uname") == facts["uname"]
+        and view.squeezed.has_guest_agent,
+        "PV_drivers_version %s %d.%d.%d.%d%s; networks %s; os_version distro=%s uname=%s; "
+        "squeezed guest agent %s" % (
+            drv.kind, drv.major, drv.minor, drv.micro, drv.build,
+            " (%s)" % drv.reason if drv.reason else "", nets, view.metrics.os_version.get("distro"),
+            view.metrics.os_version.get("uname"), view.squeezed.has_guest_agent))
+    if g.systemd:
+        # systemd-networkd is running there: the agent's static IP backend (docs/static-ip.md), so
+        # xapi would accept vif-configure-ipv4 (xapi_vif.ml assert_has_feature_static_ip_setting).
+        chk("static-ip feature advertised", tree.get("control/feature-static-ip-setting") == "1",
+            "control/feature-static-ip-setting=%r" % tree.get("control/feature-static-ip-setting"))
     chk("updated+hotplug", "data/updated" in tree and tree.get("feature/hotplug/vif") == "1",
         "data/updated=%r feature/hotplug/vif=%r feature/hotplug/vbd=%r control/feature-balloon=%r" % (
             tree.get("data/updated"), tree.get("feature/hotplug/vif"),
@@ -623,7 +662,14 @@ class Scenario:
             problems.append("/usr/bin/xenguest-agent not owned by the package")
         if not any("No such file" in ln for ln in lines[-2:]):
             problems.append("a copied agent tree exists: %s" % lines[-2:])
-        console = self.console_since(mark)
+        # With Type=notify systemd prints "Started" at READY=1, when is-active turns active;
+        # xenconsoled writes the console log a little later: wait for the line, not for the state.
+        try:
+            console, _ = wait_for("'Started xenguest-agent.service' on the console", lambda: (
+                lambda text: text if UNIT_LINE("Started").search(text) else None)(
+                    self.console_since(mark)), 30, 0.5)
+        except Fail:
+            console = self.console_since(mark)
         started = UNIT_LINE("Started").search(console)
         if not started:
             problems.append("the console shows no 'Started xenguest-agent.service'")
@@ -684,7 +730,12 @@ class Scenario:
             out = g.cmd("cat /var/log/xgs-hooks.log 2>/dev/null; true", 20)[1]
             return [ln for ln in out.splitlines() if want.search(ln)]
 
-        lines, secs = wait_for("the %s hook for domid %d" % (event, g.domid), seen, 60, 0.5)
+        try:
+            lines, secs = wait_for("the %s hook for domid %d" % (event, g.domid), seen, 60, 0.5)
+        except Fail as exc:
+            raise Fail("%s\nthe agent's journal about hooks and resume:\n%s" % (exc, g.cmd(
+                "journalctl -u xenguest-agent.service --no-pager -o cat | grep -iE 'hook|resum|migrat|"
+                "domid|refus|trust' | tail -n 30; cat /var/log/xgs-hooks.log; true", 20)[1])) from None
         return secs, lines[-1]
 
     def jobs_seen(self, text):
@@ -705,6 +756,10 @@ class Scenario:
                                and g.lookup_domid(), 180, 0.3)
         self.reboot_mark = len(self.console_text())
         g.adopt(paused=False)
+        if g.ip == self.sc["static_ip"]:
+            # xenopsd writes a VIF's static-ip-setting at every plug, so on every domain build
+            # (xenstore_of_static_ip_setting); xl does not: dom0 does it for the new domain.
+            self.write_static()
         t1 = time.monotonic()
         g.wait_channel(240)
         tree, t_tree = g.wait_tree(CFG["tree_timeout"])
@@ -760,6 +815,255 @@ class Scenario:
             "Stopped xenguest-agent.service, reboot: Power down; %d job(s) queued while it stopped" % (
                 hook.strip("[]"), t_xl, t_gone, len(jobs))
 
+    # -- issue 13 on the real Xen: status, vCPU hot-plug, static IP; issue 9: the watchdog -------
+
+    def status_vs_model(self):
+        """`xenguest-agent status --format json` in the guest says what dom0 reads from the same
+        tree through the xapi model (xapi.py), and exits 0 (nothing xapi needs is missing)."""
+        g = self.g
+        t0 = time.monotonic()
+        rc, out = g.cmd("xenguest-agent status --format json", 60, check=False)
+        t_status = time.monotonic() - t0
+        view = xapi.read_guest(g.tree())
+        try:
+            js = json.loads(out)
+        except ValueError:
+            raise Fail("status printed no JSON (exit %d): %s" % (rc, out.strip()[-400:])) from None
+        drv, pv = view.drivers, js.get("PV_drivers_version") or {}
+        model = {"networks": dict(view.metrics.networks), "os_version": dict(view.metrics.os_version),
+                 "PV_drivers_version": {"kind": drv.kind, "major": drv.major, "minor": drv.minor,
+                                        "micro": drv.micro, "build": drv.build,
+                                        "map": dict(view.metrics.pv_drivers_version)}}
+        said = {"networks": js.get("networks"), "os_version": js.get("os_version"),
+                "PV_drivers_version": {k: pv.get(k) for k in model["PV_drivers_version"]}}
+        problems = ["%s: guest says %s, dom0's model %s" % (k, said[k], model[k])
+                    for k in model if said[k] != model[k]]
+        if rc != 0 or js.get("exit_status") != 0:
+            problems.append("exit %d (exit_status %s), problems: %s" % (rc, js.get("exit_status"),
+                                                                         js.get("problems")))
+        if model["networks"].get("0/ip") != g.ip or drv.kind != "Linux":
+            problems.append("dom0's model: networks %s, drivers %s (want 0/ip=%s, Linux)" % (
+                model["networks"], drv.kind, g.ip))
+        if problems:
+            raise Fail("; ".join(problems))
+        return t_status, "exit 0 in %.1fs; equal to dom0's model: PV_drivers_version %s %d.%d.%d.%d, " \
+            "%d networks (0/ip=%s), os_version %s %s.%s; domain type %s" % (
+                t_status, drv.kind, drv.major, drv.minor, drv.micro, drv.build, len(model["networks"]),
+                g.ip, model["os_version"].get("distro"), model["os_version"].get("major"),
+                model["os_version"].get("minor"), (js.get("domain_type") or {}).get("kind"))
+
+    def unit_props(self):
+        _, out = self.g.cmd("systemctl show -p MainPID -p NRestarts -p ActiveState -p SubState "
+                            "xenguest-agent.service")
+        return dict(ln.split("=", 1) for ln in out.strip().splitlines() if "=" in ln)
+
+    def cpus(self):
+        """(the guest's online CPU list, cpu1/online or '-' when the file is absent)."""
+        _, out = self.g.cmd("cat /sys/devices/system/cpu/online; cat /sys/devices/system/cpu/cpu1/online "
+                            "2>/dev/null || echo -")
+        return tuple(out.split()[:2])
+
+    def vcpu_hotplug(self):
+        """Started with 1 of 2 vCPUs; `xl vcpu-set 2` -> CPU 1 online in the guest (Linux only
+        registers it, drivers/xen/cpu_hotplug.c: the agent's uevent handler onlines it; Debian has
+        no udev rule that would); `xl vcpu-set 1` -> gone, the guest and the agent carry on."""
+        g = self.g
+        before, props = self.cpus(), self.unit_props()
+        if before[0] != "0":
+            raise Fail("before vcpu-set the guest's online CPUs are %s (want 0: vcpus=1, maxvcpus=2)"
+                       % before[0])
+        t0 = time.monotonic()
+        sh(["xl", "vcpu-set", g.name, "2"], 60)
+        t_xl = time.monotonic() - t0
+        _, t_on = wait_for("CPU 1 online in the guest", lambda: self.cpus() == ("0-1", "1"), 60, 0.1)
+        t_on += t_xl
+        _, log = g.cmd("journalctl -u xenguest-agent.service --no-pager -o cat | grep -i 'onlined "
+                       "hot-added\\|hot-added.*online' | tail -n 1; true")
+        t1 = time.monotonic()
+        sh(["xl", "vcpu-set", g.name, "1"], 60)
+        wait_for("CPU 1 gone from the guest", lambda: self.cpus()[0] == "0", 60, 0.1)
+        t_off = time.monotonic() - t1
+        avail = xs_read(g.home + "/cpu/1/availability")
+        _, t_tree = g.wait_tree(CFG["tree_timeout"])
+        after = self.unit_props()
+        if (after.get("MainPID"), after.get("NRestarts"), after.get("ActiveState")) != (
+                props.get("MainPID"), props.get("NRestarts"), "active"):
+            raise Fail("the agent did not carry on: before %s, after %s" % (props, after))
+        if not log.strip():
+            raise Fail("CPU 1 came online, but the agent's journal does not say it onlined it")
+        return t_on + t_off, "CPU 1 online %.2fs after `xl vcpu-set 2` (xl %.2fs); offline %.2fs after " \
+            "`xl vcpu-set 1` (cpu/1/availability=%s); agent pid %s unchanged, tree complete; journal: %s" % (
+                t_on, t_xl, t_off, avail, after.get("MainPID"), log.strip())
+
+    def watchdog(self):
+        """SIGSTOP the agent's main process: no WATCHDOG=1 comes, systemd's WatchdogSec=30s kills
+        it (SIGABRT), Restart=on-failure starts a new one (issue 9: a wedged loop is restarted)."""
+        g = self.g
+        before = self.unit_props()
+        old = before.get("MainPID")
+        count = "journalctl -u xenguest-agent.service --no-pager -o cat | grep -c 'Watchdog timeout'; true"
+        n0 = int(g.cmd(count)[1].split()[0])
+        t0 = time.monotonic()
+        g.cmd("systemctl kill --kill-whom=main -s STOP xenguest-agent.service")
+        _, state = g.cmd("awk '{print $3}' /proc/%s/stat" % old)
+        if state.strip() != "T":
+            raise Fail("after SIGSTOP the agent (pid %s) is in state %r, not T (stopped)" % (old, state))
+
+        def restarted():
+            p = self.unit_props()
+            return p if p.get("MainPID") not in ("0", old) and p.get("ActiveState") == "active" \
+                and p.get("SubState") == "running" else None
+
+        after, secs = wait_for("a new agent process after the watchdog", restarted, 150, 1)
+        n1 = int(g.cmd(count)[1].split()[0])
+        _, t_tree = g.wait_tree(CFG["tree_timeout"])
+        problems = []
+        if int(after.get("NRestarts", -1)) != int(before.get("NRestarts", 0)) + 1:
+            problems.append("NRestarts %s -> %s (want +1)" % (before.get("NRestarts"),
+                                                               after.get("NRestarts")))
+        if n1 != n0 + 1:
+            problems.append("'Watchdog timeout' in the journal %d -> %d times (want +1)" % (n0, n1))
+        if problems:
+            raise Fail("; ".join(problems))
+        return time.monotonic() - t0, "SIGSTOP pid %s; systemd: Watchdog timeout, new pid %s active " \
+            "%.1fs after the stop, NRestarts %s -> %s; tree complete %.1fs later" % (
+                old, after.get("MainPID"), secs, before.get("NRestarts"), after.get("NRestarts"), t_tree)
+
+    # static-ip-setting as xenopsd writes it (docs/static-ip.md; xen-api ocaml/xenopsd/xc/
+    # xenops_server_xen.ml xenstore_of_static_ip_setting / set_ip_static /
+    # set_ip_unspecified_or_autoconf), for VIF 0 under the guest's home.
+    def sip(self, key):
+        return "%s/xenserver/device/vif/0/static-ip-setting/%s" % (self.g.home, key)
+
+    def write_static(self):
+        """One transaction (xenstore-write wraps all its writes in one): the keys VIF plug writes
+        (mac, error-code 0, empty error-msg) and what VIF.configure_ipv4 mode=static adds."""
+        sc, vif = self.sc, "%s/xenserver/device/vif/0" % self.g.home
+        # The VIF's private directory is the guest's to write (xenopsd device.ml,
+        # Generic.add_device: rwperm_for_guest); the home itself is read-only to the guest.
+        sh("xenstore-exists {0} || xenstore-write {0} ''; xenstore-chmod {0} n{1}".format(
+            vif, self.g.domid))
+        sh(["xenstore-write", self.sip("mac"), sc["mac"], self.sip("error-code"), "0",
+            self.sip("error-msg"), "", self.sip("enabled"), "1",
+            self.sip("address"), sc["static_ip"] + "/24", self.sip("gateway"), "10.99.0.1"])
+
+    def sip_done(self, what):
+        """Wait until the agent removed `enabled` (it has applied the setting); its error-code."""
+        _, secs = wait_for("%s: the agent removes static-ip-setting/enabled" % what,
+                           lambda: xs_read(self.sip("enabled")) is None, 90, 0.2)
+        code, msg = xs_read(self.sip("error-code")), xs_read(self.sip("error-msg"))
+        if code != "0" or msg:
+            raise Fail("%s: error-code %r, error-msg %r (want 0, empty)" % (what, code, msg))
+        return secs
+
+    def ping(self, ip):
+        _, secs = wait_for("dom0 pings %s" % ip, lambda: run(["busybox", "ping", "-c", "1", "-W", "2", ip],
+                                                             30).returncode == 0, 30, 0.2)
+        return secs
+
+    def v4_published(self, want, absent=()):
+        def ok():
+            t = self.g.tree()
+            v4 = [v for k, v in t.items() if k.startswith("attr/vif/0/ipv4/")]
+            # (v4,): true also when no IPv4 is left (enabled=2 without a DHCP server).
+            return (v4,) if (want is None or t.get("attr/vif/0/ipv4/0") == want) \
+                and not set(absent) & set(v4) else None
+
+        return wait_for("attr/vif/0/ipv4 %s%s" % ("0=%s" % want if want else "",
+                                                  " without %s" % list(absent) if absent else ""),
+                        ok, CFG["address_timeout"], 0.2)
+
+    def guest_net(self):
+        """(IPv4 addresses on the VIF's interface, default route, the agent's networkd file or '-')."""
+        g = self.g
+        _, out = g.cmd("ip -4 -o addr show dev {0} | awk '{{print $4}}' | tr '\\n' ' '; echo; "
+                       "ip -4 route show default | tr '\\n' ' '; echo; "
+                       "cat /etc/systemd/network/05-xenguest-agent-{0}.network 2>/dev/null | tr '\\n' ' ' "
+                       "|| true; echo".format(g.ifname))
+        lines = (out.split("\n") + ["", "", ""])[:3]
+        return lines[0].split(), lines[1].strip(), lines[2].strip() or "-"
+
+    def static_check(self, what, t0, t_applied):
+        """The static address is in place: in the guest, on the wire, in attr/vif/0."""
+        sc, g = self.sc, self.g
+        addrs, route, conf = self.guest_net()
+        if sc["static_ip"] + "/24" not in addrs or "via 10.99.0.1" not in route:
+            raise Fail("%s: the guest's %s has %s, default route %r (want %s/24 via 10.99.0.1); "
+                       "agent's file: %s" % (what, g.ifname, addrs, route, sc["static_ip"], conf))
+        t_ping = self.ping(sc["static_ip"])
+        (v4,), t_pub = self.v4_published(sc["static_ip"], absent=[sc["ip"]])
+        return time.monotonic() - t0, "applied (enabled removed, error-code 0) %.2fs; %s %s, %s; dom0 " \
+            "pings it; attr/vif/0/ipv4 %s %.2fs later" % (t_applied, g.ifname, " ".join(addrs), route, v4,
+                                                          t_ping + t_pub)
+
+    def static_evidence(self, fn):
+        """fn(), and on a failure the guest's addresses, the agent's journal and attr/vif/0."""
+        try:
+            return fn()
+        except Fatal:
+            raise
+        except Fail as exc:
+            g = self.g
+            vif = {k: v for k, v in g.tree().items() if k.startswith(("attr/vif/0/", "xenserver/"))}
+            raise Fail("%s\nattr/vif/0 and static-ip-setting: %s\nguest:\n%s" % (exc, vif, g.cmd(
+                "ip -4 -o addr show dev %s; journalctl -u xenguest-agent.service --no-pager -o "
+                "short-monotonic -n 40; true" % g.ifname, 30)[1])) from None
+
+    def static_ip(self):
+        return self.static_evidence(self._static_ip)
+
+    def static_after_reboot(self):
+        return self.static_evidence(self._static_after_reboot)
+
+    def static_dhcp_then_own(self):
+        return self.static_evidence(self._static_dhcp_then_own)
+
+    def _static_ip(self):
+        sc, g = self.sc, self.g
+        t0 = time.monotonic()
+        self.write_static()
+        t_applied = self.sip_done("enabled=1")
+        g.ip = sc["static_ip"]  # what later tree checks expect as ipv4/0
+        return self.static_check("enabled=1", t0, t_applied)
+
+    def _static_after_reboot(self):
+        t0 = time.monotonic()
+        t_applied = self.sip_done("after xl reboot")
+        return self.static_check("after xl reboot", t0, t_applied)
+
+    def _static_dhcp_then_own(self):
+        """enabled=2 (set_ip_unspecified_or_autoconf: address and gateway removed): the agent's file
+        asks for DHCP and the static address goes (this bed has no DHCP server: no IPv4 comes);
+        then enabled=0: the agent's file is removed and networkd's own file gives the NIC back its
+        address (docs/static-ip.md). xenopsd does the removal and the write in one transaction;
+        the CLI cannot, so the removal goes first (no `enabled` then: nothing for the agent)."""
+        sc, g = self.sc, self.g
+        t0 = time.monotonic()
+        sh(["xenstore-rm", self.sip("address")])
+        sh(["xenstore-rm", self.sip("gateway")])
+        sh(["xenstore-write", self.sip("enabled"), "2"])
+        t2 = self.sip_done("enabled=2")
+        addrs, _, conf = self.guest_net()
+        if "DHCP=ipv4" not in conf or sc["static_ip"] + "/24" in addrs:
+            raise Fail("enabled=2: the guest's %s has %s; agent's file: %s (want DHCP=ipv4, no %s)" % (
+                g.ifname, addrs, conf, sc["static_ip"]))
+        (v4,), t2pub = self.v4_published(None, absent=[sc["static_ip"]])
+        t1 = time.monotonic()
+        sh(["xenstore-write", self.sip("enabled"), "0"])
+        t0b = self.sip_done("enabled=0")
+        g.ip = sc["ip"]
+        addrs0, _, conf0 = self.guest_net()
+        if conf0 != "-" or sc["ip"] + "/24" not in addrs0:
+            raise Fail("enabled=0: the guest's %s has %s; agent's file: %s (want it gone and %s/24 from "
+                       "networkd's own file)" % (g.ifname, addrs0, conf0, sc["ip"]))
+        t_ping = self.ping(sc["ip"])
+        _, t_pub = self.v4_published(sc["ip"], absent=[sc["static_ip"]])
+        return time.monotonic() - t0, "enabled=2: applied %.2fs, %s gone (guest %s), file DHCP=ipv4, " \
+            "attr/vif/0/ipv4 %s %.2fs; enabled=0: applied %.2fs, agent's file gone, %s back (%s), " \
+            "dom0 pings it, attr/vif/0/ipv4/0 %.2fs later (enabled=0 step %.1fs)" % (
+                t2, sc["static_ip"], addrs or "no IPv4", v4 or "empty", t2pub, t0b, sc["ip"],
+                " ".join(addrs0), t_ping + t_pub, time.monotonic() - t1)
+
     def run_busybox(self):
         self.step("boot: xl create%s" % (" -p + unique-domain-id" if self.g.xenopsd else ""),
                   self.create)
@@ -778,6 +1082,8 @@ class Scenario:
         self.step("service active after boot", lambda: self.service_active(0))
         self.step("agent tree complete", lambda: self.tree_checks("tree", CFG["tree_timeout"]))
         self.sample("tree complete")
+        self.step("status = dom0's xapi model", self.status_vs_model)
+        self.step("vCPU hot-plug 1 -> 2 -> 1", self.vcpu_hotplug)
         self.step("systemctl reload republishes", self.reload)
         self.step("systemctl stop: no shutdown hook", self.plain_stop)
         self.step("address add/remove", self.address_change)
@@ -786,8 +1092,14 @@ class Scenario:
         if self.step("xl migrate (localhost)", self.migrate):
             self.step("post-migrate hook ran", lambda: self.hook_ran("post-migrate"))
         self.step("tree valid after migrate", lambda: self.tree_checks("migrated", 10))
+        self.step("watchdog restarts a stopped agent", self.watchdog)
+        static = self.step("static IP: enabled=1", self.static_ip)
         if self.step("xl reboot: pre-reboot hook", self.sd_reboot):
             self.step("service active after reboot", lambda: self.service_active(self.reboot_mark))
+        if static and self.g.lookup_domid() == self.g.domid:  # back up (whatever the hook did)
+            self.step("static IP after xl reboot", self.static_after_reboot)
+        if static:
+            self.step("static IP: enabled=2, then 0", self.static_dhcp_then_own)
         self.step("xl shutdown: pre-shutdown hook", self.sd_shutdown)
 
     def run(self):
