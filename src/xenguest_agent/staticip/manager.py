@@ -70,13 +70,18 @@ def detect(host: Host) -> Backend | None:
     """The guest's network configuration system, or None.  A running
     NetworkManager (it keeps /run/NetworkManager) or systemd-networkd (it keeps
     /run/systemd/netif/state, what sd_network_get_operational_state reads) wins
-    over files that may be left over from an earlier setup."""
+    over files that may be left over from an earlier setup.  Both are driven through
+    their command-line tools, which reach the daemon over the D-Bus system bus
+    (nmcli; networkctl reload/reconfigure): without the bus's socket neither can apply
+    anything, so neither is chosen."""
     def any_of(*paths: str) -> bool:
         return any(host.exists(p) for p in paths)
 
-    if host.exists("/run/NetworkManager") and any_of("/usr/bin/nmcli", "/bin/nmcli"):
+    bus = host.exists("/run/dbus/system_bus_socket")
+    if bus and host.exists("/run/NetworkManager") and any_of("/usr/bin/nmcli", "/bin/nmcli"):
         return NetworkManager()
-    if host.exists("/run/systemd/netif/state") and any_of("/usr/bin/networkctl", "/bin/networkctl"):
+    if bus and host.exists("/run/systemd/netif/state") and any_of("/usr/bin/networkctl",
+                                                                  "/bin/networkctl"):
         return Networkd()
     if host.exists("/etc/network/interfaces") and any_of("/sbin/ifup", "/usr/sbin/ifup"):
         return Ifupdown()
