@@ -305,7 +305,7 @@ def test_a_config_error_is_not_respawned_for_ever(make_root) -> None:
     limit = int(sh_values("respawn_max")["respawn_max"])
     root = make_root(conf_d="respawn_delay=1\n", exit_status=78)
     started = root.service("start")
-    assert wait_for(lambda: len(root.runs()) >= limit + 1), (started.stdout, root.runs())
+    assert wait_for(lambda: len(root.runs()) >= limit + 1, timeout=120), (started.stdout, root.runs())
     supervisor = root.supervisor()
     assert supervisor is None or wait_for(lambda: not alive(supervisor)), \
         "the supervisor kept respawning"

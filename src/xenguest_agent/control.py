@@ -61,8 +61,9 @@ ACTIONS = ("poweroff", "reboot", "halt")
 FEATURES = ("poweroff", "reboot", "suspend")
 
 #: Flags remembered when found in the tree at start besides the kernel's own:
-#: xapi allows ``changing_VCPUs_live`` only with ``control/feature-vcpu-hotplug``
-#: (xapi_vm_lifecycle.ml, check_op_for_feature).  Linux does not write it
+#: xapi needs ``control/feature-vcpu-hotplug`` for ``changing_VCPUs_live`` on an HVM
+#: guest without detected PV drivers (xapi_vm_lifecycle.ml, check_op_for_feature;
+#: PV and PVH guests, and guests with PV drivers, are allowed anyway).  Linux does not write it
 #: (drivers/xen/cpu_hotplug.c only watches ``cpu/<n>/availability``); whoever
 #: advertised it at boot, it is lost with the tree on a migration like the others.
 REMEMBERED = ("vcpu-hotplug",)

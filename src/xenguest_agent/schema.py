@@ -62,6 +62,9 @@ OWNED_KEYS = (
     "control/feature-poweroff",
     "control/feature-reboot",
     "control/feature-suspend",
+    # written again only when it was there at start (control.py REMEMBERED): whoever
+    # advertised it, a migration's fresh tree loses it like the others
+    "control/feature-vcpu-hotplug",
     # xapi_vif.ml assert_has_feature_static_ip_setting: VIF.configure_ipv4/ipv6 need it
     "control/feature-static-ip-setting",
     "feature/hotplug/vif",
