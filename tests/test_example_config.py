@@ -4,11 +4,11 @@ defaults in code (config.py), and it must name every setting there is (docs/pack
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 from xenguest_agent import config as cfg
+from xenguest_agent import records
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
 SETTING = re.compile(r"^(\s*)#([a-z_]+:.*)$")
@@ -34,11 +34,10 @@ def test_every_setting_is_listed() -> None:
         block = re.search(rf"^{section}:\n((?:[ \t]+.*\n?|\n)*)", text, re.M)
         assert block is not None, section
         shown |= {f"{section}.{k}" for k in re.findall(r"^\s+([a-z_]+):", block.group(1), re.M)}
-    wanted = {f.name for f in dataclasses.fields(cfg.Config)
-              if f.name != "source" and not dataclasses.is_dataclass(f.type)
-              and f.name not in ("memory", "network", "features", "hotplug", "control")}
+    wanted = {f.name for f in records.fields(cfg.Config)
+              if f.name not in ("source", "memory", "network", "features", "hotplug", "control")}
     for section in ("memory", "network", "features", "hotplug", "control"):
         wanted.add(section)
         record = getattr(cfg.Config(), section)
-        wanted |= {f"{section}.{f.name}" for f in dataclasses.fields(record)}
+        wanted |= {f"{section}.{f.name}" for f in records.fields(record)}
     assert shown == wanted

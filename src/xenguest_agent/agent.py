@@ -8,24 +8,29 @@ The CLI builds it; the daemon drives it.
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from xenguest_agent import __version__, schema
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import Config, MemoryConfig
 from xenguest_agent.facts import Facts, Interface, Memory
-from xenguest_agent.network import NetworkView, Slots, group_addresses, resolve_vifs
+from xenguest_agent.log import get_logger
+from xenguest_agent.network import NetworkView, group_addresses, resolve_vifs
 from xenguest_agent.publisher import Publisher, PublishResult
 from xenguest_agent.ratelog import RateLimitedLog
+from xenguest_agent.records import dataclass
 from xenguest_agent.xenstore import KEY_ERRORS, XenStore, XenStoreError, XenStoreUnavailable
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
-Clock = Callable[[], float]
-T = TypeVar("T")
+    from xenguest_agent.network import Slots
+    Clock = Callable[[], float]
+    T = TypeVar("T")
+
+log = get_logger(__name__)
+
 
 #: The value of ``data/updated``.  Readers test that the key exists (squeezed)
 #: or react to its being rewritten; the value itself carries no meaning.

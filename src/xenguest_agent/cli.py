@@ -10,12 +10,11 @@ exits 141, as a command stopped by SIGPIPE.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from typing import Optional, Sequence
 
 from xenguest_agent import __version__, schema
+from xenguest_agent import log as logs
 from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
 from xenguest_agent.backends.addresses import CapturedAddresses
@@ -32,8 +31,13 @@ from xenguest_agent.config import (
 )
 from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host, SubprocessRunner
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Sequence
+
+log = get_logger(__name__)
 
 EX_OK = os.EX_OK
 EX_SOFTWARE = os.EX_SOFTWARE
@@ -86,11 +90,6 @@ def _os_name(choice: str) -> str:
 
 def _config_path(args: argparse.Namespace, os_name: str) -> str:
     return args.config or (FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _backend(args: argparse.Namespace, os_name: str) -> Backend:
@@ -267,7 +266,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"xenguest-agent: bad configuration: {exc}\n")
         return EX_CONFIG
-    _setup_logging(args.log_level or config.log_level)
+    with logs.to_stream(logs.LEVELS[args.log_level or config.log_level]):
+        return _command(args, config, os_name)
+
+
+def _command(args: argparse.Namespace, config: Config, os_name: str) -> int:
     try:
         backend = _backend(args, os_name)
     except UnsupportedOS as exc:

@@ -11,20 +11,24 @@ a ConfigError, never a traceback; the CLI turns it into exit status 78.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from xenguest_agent import configcheck as valid
+from xenguest_agent import records
 from xenguest_agent.configcheck import (
     DAY,
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
     MAX_GRACE,
-    Check,
 )
+from xenguest_agent.records import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+    from xenguest_agent.configcheck import Check
 
 if TYPE_CHECKING:  # PyYAML is imported only when a config file is read (memory: ~3 MiB)
     import yaml
@@ -239,7 +243,7 @@ def _apply(record: Any, checks: Mapping[str, Check], items: "Mapping[str, Tuple[
             changes[name] = check(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{exc}, got {valid.show(value)}", source, _line(value_node), full) from None
-    return dataclasses.replace(record, **changes)
+    return records.replace(record, **changes)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -266,8 +270,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if section in items:
             section_items = _mapping(items[section][1], source, section)
             record = _apply(getattr(config, section), checks, section_items, source, f"{section}.")
-            config = dataclasses.replace(config, **{section: record})
-    return dataclasses.replace(config, source=source)
+            config = records.replace(config, **{section: record})
+    return records.replace(config, source=source)
 
 
 # --- reading the file --------------------------------------------------------------------

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+    Check = Callable[[Any], Any]
 
 # --- bounds -----------------------------------------------------------------------------
 # Each bound keeps a value inside what the daemon can act on; why each one, in docs and here:
@@ -37,7 +41,6 @@ MAX_ARGV = 64
 
 # --- checks: each takes a YAML value, returns the setting or raises ValueError ----------
 
-Check = Callable[[Any], Any]
 
 
 def brief(text: str) -> str:

@@ -33,18 +33,21 @@ logged once and refused; nothing from the key reaches a command line.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from xenguest_agent.config import ControlConfig
 from xenguest_agent.hooks import HookJob, Hooks
+from xenguest_agent.log import get_logger
+from xenguest_agent.records import dataclass, field
 from xenguest_agent.trust import UntrustedError, open_trusted_directory, require_trusted
 from xenguest_agent.xenstore import Transaction, XenStore, XenStoreError, XenStoreUnavailable
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+log = get_logger(__name__)
 
 SHUTDOWN_KEY = "control/shutdown"
 

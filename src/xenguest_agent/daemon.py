@@ -36,11 +36,9 @@ What the daemon is doing is kept in a small state file under /run for
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
-from typing import Callable, FrozenSet, List, Optional, Set, Tuple
 
 from xenguest_agent.agent import COLLECTORS, Agent
 from xenguest_agent.config import Config
@@ -48,6 +46,7 @@ from xenguest_agent.control import Control
 from xenguest_agent.filewatch import FileWatch
 from xenguest_agent.hooks import Hooks
 from xenguest_agent.hotplug import HotplugThread
+from xenguest_agent.log import get_logger
 from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.netevents import NetworkEvents
 from xenguest_agent.publisher import Publisher
@@ -61,7 +60,11 @@ from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.watches import WatchInbox, set_watches
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, FrozenSet, List, Optional, Set, Tuple
+
+log = get_logger(__name__)
 
 
 BACKOFF_FIRST = 0.1

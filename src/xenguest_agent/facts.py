@@ -7,8 +7,11 @@ compared with the previous round's by ``==``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
 
 @dataclass(frozen=True)

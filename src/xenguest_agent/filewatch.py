@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import select
 import struct
-from typing import Any
 
 from xenguest_agent.host import Host
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 # What each collector reads (backends/linux.py os_info/host_names, backends/freebsd.py).
 WATCHED: dict[str, dict[str, tuple[str, ...]]] = {

@@ -17,13 +17,16 @@ the others" net (``except Exception``) cannot turn it into a silently missing ke
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Set, Tuple
 
 from xenguest_agent.host import DEFAULT_COMMAND_TIMEOUT, CommandResult
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Sequence, Set, Tuple
+    Argv = Tuple[str, ...]
+
 COMMANDS_DIR = "_commands"
 
-Argv = Tuple[str, ...]
 
 
 class UnexpectedCommand(BaseException):

@@ -20,9 +20,9 @@ Other agents, which would overwrite the same keys:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from xenguest_agent.host import Host
+from xenguest_agent.records import dataclass
 
 GUEST_TYPE_FILE = "/sys/hypervisor/guest_type"
 _GUEST_TYPES = {"PV": "pv", "PVH": "pvh", "HVM": "hvm"}

@@ -31,22 +31,23 @@ in the order they were started.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import selectors
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:
-    import subprocess
-
+from xenguest_agent.log import INFO, WARNING, get_logger
+from xenguest_agent.records import dataclass
 from xenguest_agent.trust import UntrustedError, fd_executable, open_trusted_directory, open_trusted_hook
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+log = get_logger(__name__)
 
 #: Events with a hook directory.  pre-* run before the action, post-* after.
 EVENTS = ("pre-shutdown", "pre-reboot", "pre-suspend", "post-resume", "post-migrate")
@@ -164,8 +165,8 @@ class HookJob:
     def record(self, result: HookResult) -> None:
         with self._lock:
             self._results.append(result)
-        level = logging.INFO if result.status == "exited" and result.returncode == 0 \
-            else logging.WARNING
+        level = INFO if result.status == "exited" and result.returncode == 0 \
+            else WARNING
         how = {"exited": f"exited {result.returncode}",
                "timeout": f"killed at the {self.timeout:g}s timeout",
                "cancelled": "killed: the agent is stopping",

@@ -10,12 +10,18 @@ Linux from fixtures and nothing can hang the daemon.
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Protocol, Sequence, Tuple
 
-log = logging.getLogger(__name__)
+from xenguest_agent.log import get_logger
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Protocol, Sequence, Tuple
+else:  # a Protocol is for the type checker; at run time a plain base class
+    Protocol = object
+
+log = get_logger(__name__)
 
 DEFAULT_COMMAND_TIMEOUT = 5.0
 #: read_text's step: /proc and sysfs files the agent reads are a few KiB at most.

@@ -48,11 +48,8 @@ the kernel, are ignored.
 from __future__ import annotations
 
 import errno
-import logging
 import re
 import socket
-from dataclasses import dataclass
-from typing import Callable
 
 from xenguest_agent.host import Host
 from xenguest_agent.hotplug_rules import (
@@ -60,8 +57,14 @@ from xenguest_agent.hotplug_rules import (
     detect_distro_rules,
     udev_running,
 )
+from xenguest_agent.log import get_logger
+from xenguest_agent.records import dataclass
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+log = get_logger(__name__)
 
 NETLINK_KOBJECT_UEVENT = 15  # include/uapi/linux/netlink.h
 UEVENT_KERNEL_GROUP = 1      # lib/kobject_uevent.c: kernel uevents go to group 1

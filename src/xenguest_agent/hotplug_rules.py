@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
 
 from xenguest_agent.host import Host
+from xenguest_agent.records import dataclass
 
 RULES_DIRS = (
     "/etc/udev/rules.d",

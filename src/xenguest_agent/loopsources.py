@@ -17,15 +17,18 @@ the OS offers none, the daemon polls (network) or relies on its sweep (files).
 
 from __future__ import annotations
 
-import logging
 import select
-from typing import Callable, Dict, FrozenSet, List, Optional, Set
 
 from xenguest_agent.filewatch import FileWatch
+from xenguest_agent.log import get_logger
 from xenguest_agent.netevents import RESYNC, NetworkEvents
 from xenguest_agent.wakeup import Wakeup
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, FrozenSet, List, Optional, Set
+
+log = get_logger(__name__)
 
 #: What a network notification makes the agent collect again.
 NET_COLLECTORS = frozenset({"interfaces"})

@@ -7,12 +7,15 @@ goes, which index an address keeps) is tested without a network.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, replace
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from xenguest_agent.facts import Address, Interface
+from xenguest_agent.records import dataclass, replace
 
-Slots = Dict[str, int]  # address -> its index under one (device, family)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+    Slots = Dict[str, int]  # address -> its index under one (device, family)
+
 
 
 @dataclass(frozen=True)

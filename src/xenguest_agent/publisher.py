@@ -17,17 +17,16 @@ round, which the caller retries.
 from __future__ import annotations
 
 import errno
-import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from xenguest_agent import schema
+from xenguest_agent.log import get_logger
 from xenguest_agent.ratelog import RateLimitedLog
 from xenguest_agent.readback import ReadBack, read_back
+from xenguest_agent.records import dataclass, field
 from xenguest_agent.xenstore import (
     KEY_ERRORS,
     Transaction,
@@ -36,7 +35,11 @@ from xenguest_agent.xenstore import (
     XenStoreUnavailable,
 )
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+
+log = get_logger(__name__)
 
 #: Commit refusals that mean "a quota": publish key by key so what fits lands.
 _QUOTA_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -10,10 +10,14 @@ says "(N more times since)".
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
-from typing import Callable, Hashable, Tuple
+
+from xenguest_agent.log import Logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Hashable, Tuple
 
 #: Default spacing of repeated warnings about one condition, in seconds.
 INTERVAL = 600.0
@@ -23,7 +27,7 @@ MAX_CONDITIONS = 1024
 
 
 class RateLimitedLog:
-    def __init__(self, logger: logging.Logger, interval: float = INTERVAL,
+    def __init__(self, logger: Logger, interval: float = INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.interval = interval

@@ -13,13 +13,15 @@ node and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar
-
 from xenguest_agent import schema
+from xenguest_agent.records import dataclass, field
 from xenguest_agent.xenstore import KEY_ERRORS, Transaction, XenStoreError, XenStoreUnavailable
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar
+    T = TypeVar("T")
+
 
 
 @dataclass

@@ -13,14 +13,18 @@ post-resume hooks":
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
 
+from xenguest_agent.log import get_logger
+from xenguest_agent.records import dataclass
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional, Tuple
+    Domain = Tuple[Optional[str], Optional[str]]
+
+log = get_logger(__name__)
 
 UNIQUE_DOMAIN_ID = "unique-domain-id"
 DOMID = "domid"
@@ -29,7 +33,6 @@ DOMID = "domid"
 #: means the domain was suspended (the loop never sleeps this long unnoticed).
 SUSPEND_JUMP = 2.0
 
-Domain = Tuple[Optional[str], Optional[str]]
 
 
 def suspended_seconds() -> float:

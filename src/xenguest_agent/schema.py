@@ -23,11 +23,16 @@ See docs/keys.md for the table of keys, formats and readers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
 
 from xenguest_agent.facts import Address, Facts, ToolsVersion
-from xenguest_agent.network import NetworkView, Slots, assign_slots
+from xenguest_agent.network import NetworkView, assign_slots
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Mapping, Optional, Tuple
+
+    from xenguest_agent.network import Slots
 
 #: Longest value the agent writes.  xenstored refuses a node whose record
 #: (value plus child names) passes 2,048 bytes for an unprivileged domain

@@ -22,14 +22,18 @@ the message rather than waiting) and never raises into it: a failure is logged o
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
-from typing import Callable
 
-log = logging.getLogger(__name__)
+from xenguest_agent.log import get_logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+log = get_logger(__name__)
 
 USEC_INFINITY = (1 << 64) - 1  # systemd's "no limit" for a usec_t (time-util.h)
 

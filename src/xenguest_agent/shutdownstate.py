@@ -20,14 +20,16 @@ agent queues no such job.
 
 from __future__ import annotations
 
-import logging
-from typing import Optional
-
 from xenguest_agent.control import HOOK_FOR
 from xenguest_agent.hooks import Hooks
 from xenguest_agent.host import CommandError, Runner
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
+log = get_logger(__name__)
 
 #: systemd.special(7): the targets a shutdown starts, and what the machine does at the end.
 #: kexec and soft-reboot come back up (a new kernel, or a new userspace): both are reboots.

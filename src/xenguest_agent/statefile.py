@@ -20,7 +20,10 @@ import errno
 import json
 import os
 import tempfile
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 LINUX_STATE_PATH = "/run/xenguest-agent/state.json"
 FREEBSD_STATE_PATH = "/var/run/xenguest-agent/state.json"

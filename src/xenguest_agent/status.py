@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from xenguest_agent.guestprobe import DomainType, OtherAgent
+from xenguest_agent.records import dataclass, field
 from xenguest_agent.xapi import XapiView, read_guest
 from xenguest_agent.xapi_ops import Verdict, allowed_operations, drivers_key
 from xenguest_agent.xenstore import (
@@ -23,6 +22,10 @@ from xenguest_agent.xenstore import (
     XenStoreError,
     XenStoreUnavailable,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the parts of the home xenopsd and squeezed read (xapi.XENOPSD_ROOTS, squeezed_view), and
 #: device/ for the PV-driver evidence xenopsd takes from backend states

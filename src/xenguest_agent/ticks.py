@@ -6,7 +6,10 @@ guest of a pool (docs/performance.md): the memory check and the watchdog ping sh
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
+
 
 #: How often memory is checked (with a network event source).  The systemd
 #: watchdog ping rides on the same wake-up: three wake-ups a minute while idle.

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Optional, Set
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Set
 
 #: Where a process can name one of its own descriptors as a path that execve(2)
 #: accepts (the child inherits the descriptor under the same number).  Linux:

@@ -10,17 +10,20 @@ request, static IP settings, and everything else (owned keys, for repair).
 from __future__ import annotations
 
 import collections
-import logging
-from dataclasses import dataclass, field
-from typing import Callable, Deque, Iterable, List, Tuple
 
 from xenguest_agent import schema
 from xenguest_agent.control import SHUTDOWN_KEY
+from xenguest_agent.log import get_logger
+from xenguest_agent.records import dataclass, field
 from xenguest_agent.resume import DOMID, UNIQUE_DOMAIN_ID
 from xenguest_agent.staticip.manager import SRIOV_ROOT, VIF_ROOT
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Deque, Iterable, List, Tuple
+
+log = get_logger(__name__)
 
 
 def watch_token(path: str) -> str:

@@ -33,8 +33,9 @@ version strings; allowed operations are in :mod:`xenguest_agent.xapi_ops`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from xenguest_agent.records import dataclass, field
 
 Tree = Mapping[str, str]
 #: What xenopsd hands xapi: (path, value) pairs in xenopsd's order.

@@ -27,8 +27,7 @@ nested virtualisation, blocked operations, VDI caching, SR-IOV VIFs, HVM CD driv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from xenguest_agent.records import dataclass
 from xenguest_agent.xapi import XapiView
 
 #: the guest's domain type as the guest sees it; "unknown" is judged as HVM (the strictest)

@@ -36,19 +36,24 @@ against the real xenstored, tests/test_xenstore_real.py):
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import socket
 import time
-from typing import Callable, List, Optional, Tuple
 
 from pyxs._internal import NUL, Op, Packet, next_rq_id
 from pyxs.client import Router
 from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import PyXSError
 
-log = logging.getLogger(__name__)
+from xenguest_agent.log import get_logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, List, Optional, Tuple
+    EventCallback = Callable[[str, str], None]
+
+log = get_logger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -71,7 +76,6 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 #: (tools/ocaml/xenstored/process.ml, Quota.Limit_reached).
 _EXTRA_ERRORS = {"EQUOTA": errno.EDQUOT}
 
-EventCallback = Callable[[str, str], None]
 
 
 #: What xenstored refuses about one key, so that the others still go ahead.  From C

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
-
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.host import Host
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 if TYPE_CHECKING:
     from xenguest_agent.backends.addresses import AddressSource

@@ -16,17 +16,22 @@ to reproduce a problem.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Iterable
-from typing import Callable, Protocol
 
 from xenguest_agent.backends.base import make_address
 from xenguest_agent.facts import Address
 from xenguest_agent.host import Host
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Protocol
+else:  # a Protocol is for the type checker; at run time a plain base class
+    Protocol = object
+
+log = get_logger(__name__)
 
 CAPTURE_PATH = "/_capture/ip-address.json"
 

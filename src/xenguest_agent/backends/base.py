@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Dict, Optional, Protocol, Tuple
 
 from xenguest_agent.facts import Address, Capabilities, HostNames, Interface, Memory, OsInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Protocol, Tuple
+else:  # a Protocol is for the type checker; at run time a plain base class
+    Protocol = object
 
 
 class Backend(Protocol):

@@ -40,10 +40,8 @@ Facts, each checked against freebsd/freebsd-src:
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, PsutilAddresses
 from xenguest_agent.backends.base import (
@@ -54,14 +52,20 @@ from xenguest_agent.backends.base import (
 )
 from xenguest_agent.backends.freebsd_ifconfig import build_interfaces, parse_ifconfig
 from xenguest_agent.backends.freebsd_sysctl import (
-    SysctlRead,
     libc_sysctlbyname,
     read_numbers,
 )
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import CommandResult, Host
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Mapping, Optional, Tuple
+
+    from xenguest_agent.backends.freebsd_sysctl import SysctlRead
+
+log = get_logger(__name__)
 
 #: sys/dev/xen/xenstore/xenstore_dev.c: make_dev_credf(..., "xen/xenstore")
 DEFAULT_XENSTORE = "/dev/xen/xenstore"

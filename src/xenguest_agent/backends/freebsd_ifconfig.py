@@ -8,12 +8,15 @@ inline text and on the fixture trees.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
 
 from xenguest_agent.backends.addresses import Table
 from xenguest_agent.backends.base import make_address
 from xenguest_agent.facts import Address, Interface
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 _XN_NAME = re.compile(r"^xn(\d+)$")
 _IFCONFIG_HEADER = re.compile(r"^([^\s:]+): flags=")

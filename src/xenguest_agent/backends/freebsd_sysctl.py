@@ -26,12 +26,15 @@ import errno
 import os
 import struct
 import sys
-from typing import Callable, Dict, Iterable, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterable, Optional
+    CFunction = Callable[..., int]
+    SysctlRead = Callable[[str], Optional[bytes]]
 
 #: ``(name, oldp, oldlenp, newp, newlen) -> int``, with C calling conventions (ctypes types).
-CFunction = Callable[..., int]
 #: ``name -> raw bytes``, or None when the kernel has no such name.
-SysctlRead = Callable[[str], Optional[bytes]]
 
 _DECODERS = {4: struct.Struct("=I"), 8: struct.Struct("=Q")}
 

@@ -7,9 +7,7 @@ a captured fixture tree (tests/fixtures/linux/...).
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import Dict, List, Optional, Tuple
 
 from xenguest_agent.backends.addresses import AddressSource, NetlinkAddresses
 from xenguest_agent.backends.base import (
@@ -20,8 +18,13 @@ from xenguest_agent.backends.base import (
 )
 from xenguest_agent.facts import Capabilities, HostNames, Interface, Memory, OsInfo
 from xenguest_agent.host import Host
+from xenguest_agent.log import get_logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
+
+log = get_logger(__name__)
 
 #: drivers/xen/xenbus/xenbus_dev_frontend.c registers the "xen/xenbus" misc device
 #: (udev: /dev/xen/xenbus); /proc/xen/xenbus is the pre-3.x location.

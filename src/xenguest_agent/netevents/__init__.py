@@ -4,6 +4,9 @@
 :mod:`.source` coalesces them into NET / RESYNC for the daemon's loop.
 """
 
+
+from __future__ import annotations
+
 from xenguest_agent.netevents.rtnetlink import NET, RESYNC
 from xenguest_agent.netevents.source import (
     Coalescer,

@@ -26,15 +26,19 @@ is used anyway (the safety sweep covers what it may lose).
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 import sys
-from typing import Callable
+
+from xenguest_agent.log import get_logger
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 NET = "net"
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PF_ROUTE = 17  # sys/sys/socket.h: PF_ROUTE == AF_ROUTE == 17
 RTM_VERSION = 5

@@ -36,8 +36,12 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Callable
+
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 NET = "net"
 RESYNC = "resync"

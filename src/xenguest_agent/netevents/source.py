@@ -23,14 +23,19 @@ Nothing happens at import time: no socket is opened before :meth:`open`.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import sys
-from typing import Protocol
 
+from xenguest_agent.log import get_logger
 from xenguest_agent.netevents.rtnetlink import RESYNC
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # a Protocol is for the type checker; at run time a plain base class
+    Protocol = object
+
+log = get_logger(__name__)
 
 DEFAULT_WINDOW = 0.05
 RECV_SIZE = 65536

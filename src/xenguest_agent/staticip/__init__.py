@@ -1,5 +1,8 @@
 """Static IP settings from the toolstack (XenCenter, ``xe vif-configure-ipv4/ipv6``)."""
 
+
+from __future__ import annotations
+
 from xenguest_agent.staticip.manager import (
            FEATURE_KEY,
            Job,

@@ -11,14 +11,17 @@ only mark that the tree must be looked at again once they are done.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
-from typing import Callable, Deque, Dict, List, Optional
 
+from xenguest_agent.log import get_logger
 from xenguest_agent.staticip.manager import Job, StaticIpManager
 from xenguest_agent.xenstore import Transaction, XenStore
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Deque, Dict, List, Optional
+
+log = get_logger(__name__)
 
 
 class StaticIpDriver:

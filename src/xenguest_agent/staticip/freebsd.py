@@ -21,8 +21,12 @@ import re
 import shlex
 
 from xenguest_agent.host import Host
-from xenguest_agent.staticip.plan import Nic, Run, Step
+from xenguest_agent.staticip.plan import Nic, Run
 from xenguest_agent.staticip.setting import STATIC, NicConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xenguest_agent.staticip.plan import Step
 
 RC_CONF = "/etc/rc.conf"
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$")

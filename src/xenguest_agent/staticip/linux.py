@@ -13,7 +13,7 @@ import re
 import uuid
 
 from xenguest_agent.host import Host
-from xenguest_agent.staticip.plan import Nic, Run, Step, file_changes
+from xenguest_agent.staticip.plan import Nic, Run, file_changes
 from xenguest_agent.staticip.setting import (
     AUTOMATIC,
     CONFLICT,
@@ -23,6 +23,10 @@ from xenguest_agent.staticip.setting import (
     NicConfig,
     Refusal,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xenguest_agent.staticip.plan import Step
 
 HEADER = ("# Written by xenguest-agent from the toolstack's static IP setting\n"
           "# (xe vif-configure-ipv4/ipv6); replaced or removed by the next one.\n")

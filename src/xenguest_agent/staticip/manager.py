@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Callable, Optional
 
 from xenguest_agent.facts import Interface
 from xenguest_agent.host import Host
@@ -51,6 +50,12 @@ from xenguest_agent.staticip.setting import (
     parse_state,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional
+    Read = Callable[[str], Optional[str]]
+    List_ = Callable[[str], Optional[list[str]]]
+
 # xen-api ocaml/xenopsd/xc/device_common.ml extra_xenserver_path_of_device:
 # <domain path>/xenserver/device/<kind>/<frontend devid>; kinds "vif" and, for
 # SR-IOV VFs, "net-sriov-vf" (both watched by the Windows agent).
@@ -62,8 +67,6 @@ KEYS = ("mac", "enabled", "address", "gateway", "enabled6", "address6", "gateway
 _DEVID = re.compile(r"^(0|[1-9][0-9]{0,8})\Z")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 
-Read = Callable[[str], Optional[str]]
-List_ = Callable[[str], Optional[list[str]]]
 
 
 def detect(host: Host) -> Backend | None:

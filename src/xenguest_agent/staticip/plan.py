@@ -12,11 +12,17 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, Union
 
 from xenguest_agent.host import CommandError, Host
+from xenguest_agent.records import dataclass
 from xenguest_agent.staticip.setting import NicConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol, Union
+    Step = Union["WriteFile", "RemoveFile", "Run"]
+else:  # a Protocol is for the type checker; at run time a plain base class
+    Protocol = object
 
 COMMAND_TIMEOUT = 60.0
 OUTPUT_IN_MESSAGE = 160
@@ -49,7 +55,6 @@ class Run:
     undo: tuple[str, ...] | None = None
 
 
-Step = Union[WriteFile, RemoveFile, Run]
 
 
 @dataclass(frozen=True)

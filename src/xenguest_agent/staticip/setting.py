@@ -25,8 +25,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Union
+
+from xenguest_agent.records import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
+    Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+    Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 # Result codes written to error-code.  "101" is what XenServer's Windows agent
 # writes when no NIC carries the MAC (xenserver/win-xenguestagent
@@ -46,8 +52,6 @@ _CIDR = re.compile(r"^[0-9A-Fa-f:.]+/[0-9]{1,3}\Z")
 _ADDRESS = re.compile(r"^[0-9A-Fa-f:.]+\Z")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 
-Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 class Refusal(Exception):
