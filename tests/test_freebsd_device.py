@@ -16,13 +16,16 @@ from support.freebsd_device import (
     PAGE_SIZE,
     POINTER_SIZE,
     WATCH_REPLY_FILLER,
-    XS_DIRECTORY_PART,
-    XS_INTRODUCE,
-    XS_RESET_WATCHES,
     FreeBSDXenstoreDevice,
     parse_watch_payload,
 )
-from support.toolstack import Dom0Client, XenStoreRefused
+from support.toolstack import (
+    XS_DIRECTORY_PART,
+    XS_INTRODUCE,
+    XS_RESET_WATCHES,
+    Dom0Client,
+    XenStoreRefused,
+)
 
 HEADER = struct.Struct("=IIII")
 XS_READ, XS_WATCH, XS_UNWATCH, XS_WRITE, XS_WATCH_EVENT, XS_ERROR = 2, 4, 5, 11, 15, 16

@@ -13,12 +13,9 @@ Needs root and iproute2 (``netns`` fixture in conftest.py): without them it fail
 
 from __future__ import annotations
 
-import queue
-import subprocess
-import sys
-import threading
-
 import pytest
+
+from support.nschild import NamespaceChild, run
 
 CHILD = r"""
 import select, socket, sys
@@ -55,42 +52,14 @@ print("stopped", flush=True)
 """
 
 
-def run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed: {result.stderr.strip()}", pytrace=False)
+class Child(NamespaceChild):
+    what = "the listener"
 
-
-class Child:
     def __init__(self, ns: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-W", "error::ResourceWarning", "-c", CHILD],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("eof")
-
-    def expect(self, timeout: float = 30.0) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.proc.kill()
-            pytest.fail(f"no line from the listener within {timeout}s", pytrace=False)
+        super().__init__(ns, CHILD, timeout=30.0)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.reader.join(timeout=30)  # reads to end of file once the child has gone
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        self.kill()
 
     def until(self, wanted: str, seen: list[str]) -> None:
         """Collect lines into ``seen`` until one equals ``wanted`` (fails on eof)."""

@@ -14,7 +14,6 @@ import errno
 import importlib.util
 import logging
 import os
-import queue
 import random
 import select
 import signal
@@ -22,12 +21,12 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
+from support.nschild import NamespaceChild, run
 from xenguest_agent.netevents import NET, RESYNC, Coalescer, NetworkEvents, select_event_source
 from xenguest_agent.netevents import routesock as rs
 from xenguest_agent.netevents import rtnetlink as rt
@@ -658,36 +657,14 @@ print("stopped", flush=True)
 """
 
 
-def run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed: {result.stderr.strip()}", pytrace=False)
-
-
-class Child:
+class Child(NamespaceChild):
     """A poll loop over NetworkEvents inside the namespace, one stdout line per notification."""
+
+    what = "the watcher"
 
     def __init__(self, ns: str, window: float, rcvbuf: Optional[int] = None) -> None:
         extra = [str(rcvbuf)] if rcvbuf is not None else []
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-W", "error::ResourceWarning",
-             "-c", CHILD, str(window), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("eof")
-
-    def expect(self, timeout: float = 20.0) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"no line from the watcher within {timeout}s", pytrace=False)
+        super().__init__(ns, CHILD, [str(window), *extra])
 
     def started(self) -> None:
         line = self.expect()
@@ -726,15 +703,6 @@ class Child:
             line = self.expect()
             if line in (word, "eof"):
                 return line == word
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-        self.reader.join(timeout=20)  # it ends at the child's EOF; then the pipes can be closed
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def notified(lines: List[str]) -> bool:

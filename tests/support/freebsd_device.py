@@ -64,44 +64,40 @@ import logging
 import os
 import selectors
 import socket
-import struct
 import tempfile
 import threading
 from collections import deque
 from typing import Deque, Dict, List, Optional, Set, Tuple
 
+from .toolstack import (
+    HEADER,
+    XS_DIRECTORY,
+    XS_ERROR,
+    XS_GET_DOMAIN_PATH,
+    XS_GET_PERMS,
+    XS_MKDIR,
+    XS_READ,
+    XS_RELEASE,
+    XS_RM,
+    XS_SET_PERMS,
+    XS_TRANSACTION_END,
+    XS_TRANSACTION_START,
+    XS_UNWATCH,
+    XS_WATCH,
+    XS_WATCH_EVENT,
+    XS_WRITE,
+    frame,
+    take_message,
+)
+
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("=IIII")  # struct xsd_sockmsg: type, req_id, tx_id, len
 
 #: sys/amd64/include/param.h and sys/arm64/include/param.h: PAGE_SIZE (1 << PAGE_SHIFT, 12).
 PAGE_SIZE = 4096
 #: sizeof(const char *) on the 64-bit kernels FreeBSD runs Xen guests on (amd64, arm64).
 POINTER_SIZE = 8
 
-# xen/include/public/io/xs_wire.h, enum xsd_sockmsg_type
-XS_CONTROL = 0
-XS_DIRECTORY = 1
-XS_READ = 2
-XS_GET_PERMS = 3
-XS_WATCH = 4
-XS_UNWATCH = 5
-XS_TRANSACTION_START = 6
-XS_TRANSACTION_END = 7
-XS_INTRODUCE = 8
-XS_RELEASE = 9
-XS_GET_DOMAIN_PATH = 10
-XS_WRITE = 11
-XS_MKDIR = 12
-XS_RM = 13
-XS_SET_PERMS = 14
-XS_WATCH_EVENT = 15
-XS_ERROR = 16
-XS_IS_DOMAIN_INTRODUCED = 17
-XS_RESUME = 18
-XS_SET_TARGET = 19
-XS_RESET_WATCHES = 21
-XS_DIRECTORY_PART = 22
 
 #: The cases of xs_dev_write's switch that are passed to xenstored.
 PASSED_THROUGH = frozenset({XS_TRANSACTION_START, XS_TRANSACTION_END, XS_DIRECTORY, XS_READ,
@@ -125,7 +121,7 @@ _SUN_PATH_MAX = 100
 def error_message(req_id: int, tx_id: int, code: int) -> bytes:
     """xs_dev_return_error: XS_ERROR with the errno's name (unknown ones become EINVAL)."""
     payload = _ERROR_NAMES.get(code, "EINVAL").encode() + b"\0"
-    return HEADER.pack(XS_ERROR, req_id, tx_id, len(payload)) + payload
+    return frame(XS_ERROR, req_id, tx_id, payload)
 
 
 def parse_watch_payload(payload: bytes) -> Optional[Tuple[bytes, bytes]]:
@@ -353,7 +349,7 @@ class FreeBSDXenstoreDevice:
                        token: bytes = b"", path: bytes = b"") -> None:
         item.pending = (op, req_id, tx_id, token, path)
         try:
-            item.upstream.sendall(HEADER.pack(op, req_id, tx_id, len(payload)) + payload)
+            item.upstream.sendall(frame(op, req_id, tx_id, payload))
         except OSError:
             self._drop(item)
 
@@ -401,15 +397,12 @@ class FreeBSDXenstoreDevice:
             self._drop(item)  # xenstored went away: the guest's device would hang; close it
             return
         item.upbuf += data
-        while len(item.upbuf) >= HEADER.size:
-            op, req_id, tx_id, length = HEADER.unpack_from(item.upbuf)
-            if len(item.upbuf) < HEADER.size + length:
-                break
-            payload = bytes(item.upbuf[HEADER.size:HEADER.size + length])
-            del item.upbuf[:HEADER.size + length]
-            self._from_upstream(item, op, req_id, tx_id, payload)
+        message = take_message(item.upbuf)
+        while message is not None:
+            self._from_upstream(item, *message)
             if item.closed:
                 return
+            message = take_message(item.upbuf)
         self._next_request(item)
 
     def _from_upstream(self, item: _OpenFile, op: int, req_id: int, tx_id: int,
@@ -417,7 +410,7 @@ class FreeBSDXenstoreDevice:
         if op == XS_WATCH_EVENT:
             parsed = parse_watch_payload(payload)
             if parsed is not None and parsed[1] in item.watches:
-                self._to_client(item, HEADER.pack(XS_WATCH_EVENT, 0, 0, len(payload)) + payload)
+                self._to_client(item, frame(XS_WATCH_EVENT, 0, 0, payload))
             return
         if item.pending is None:
             self.violations.append(f"open file {item.number}: unexpected reply op {op}")
@@ -426,7 +419,7 @@ class FreeBSDXenstoreDevice:
         item.pending = None
         if rop == XS_WATCH:
             if op == XS_ERROR:  # xs_register_watch failed: its errno goes back
-                self._to_client(item, HEADER.pack(XS_ERROR, rreq, 0, len(payload)) + payload)
+                self._to_client(item, frame(XS_ERROR, rreq, 0, payload))
                 return
             item.watches[token] = path
             self._ok(item, XS_WATCH, rreq)
@@ -442,12 +435,12 @@ class FreeBSDXenstoreDevice:
                 self.violations.append(f"open file {item.number}: transaction id {payload!r}")
         elif op == XS_TRANSACTION_END:
             item.transactions.discard(rtx)
-        self._to_client(item, HEADER.pack(op, rreq, rtx, len(payload)) + payload)
+        self._to_client(item, frame(op, rreq, rtx, payload))
 
     def _ok(self, item: _OpenFile, op: int, req_id: int) -> None:
         """The device's own reply: msg.len = sizeof(ok), a pointer's size."""
         body = b"OK\0" + WATCH_REPLY_FILLER
-        self._to_client(item, HEADER.pack(op, req_id, 0, len(body)) + body)
+        self._to_client(item, frame(op, req_id, 0, body))
 
 
 __all__ = [

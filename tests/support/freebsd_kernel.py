@@ -19,57 +19,29 @@ recorded as the "poweroff" it performs.
 
 from __future__ import annotations
 
-import threading
-import time
-from typing import List, Optional
+from typing import List
 
 from .guestbridge import GuestBridge
-from .toolstack import Dom0Client, XenStoreRefused
+from .toolstack import ShutdownWatcher, XenStoreRefused
 
 #: xctrl_shutdown_reasons: request -> what the handler does.
 REASONS = {"poweroff": "poweroff", "reboot": "reboot", "suspend": "suspend", "crash": "crash",
            "halt": "poweroff"}
 
 
-class FreeBSDControl:
-    """xctrl_on_watch_event on the guest's ring (the bridge socket is the kernel's connection)."""
+class FreeBSDControl(ShutdownWatcher):
+    """xctrl_on_watch_event on the guest's ring; ``acknowledged`` lists every value it wrote
+    "" over, ``taken()`` what it carried out."""
 
     def __init__(self, bridge: GuestBridge) -> None:
-        self.client = Dom0Client(bridge.socket_path)
+        super().__init__(bridge, "freebsd-xctrl")
         self.acknowledged: List[str] = []
-        self._taken: List[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "FreeBSDControl":
-        self.client.watch("control/shutdown", "xctrl")
-        self._thread = threading.Thread(target=self._run, name="freebsd-xctrl", daemon=True)
-        self._thread.start()
+        self._watch("xctrl")
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-        self.client.close()
-
-    def taken(self) -> List[str]:
-        with self._lock:
-            return list(self._taken)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.client.wait_event(0.05) is not None:
-                    self._on_watch_event()
-            except (OSError, ValueError):
-                if self._stop.is_set():
-                    return
-                time.sleep(0.05)
-
-    def _on_watch_event(self) -> None:
+    def _handle(self) -> None:
         try:
             value = self.client.read("control/shutdown")
         except XenStoreRefused:
@@ -82,5 +54,5 @@ class FreeBSDControl:
             pass  # "unable to ack shutdown request, proceeding anyway"
         with self._lock:
             self.acknowledged.append(value)
-            if value in REASONS:
-                self._taken.append(REASONS[value])
+        if value in REASONS:
+            self._carried_out(REASONS[value])

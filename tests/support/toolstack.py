@@ -29,6 +29,7 @@ from .xenstored import Xenstored
 HEADER = struct.Struct("=IIII")
 
 # xs_wire.h enum xsd_sockmsg_type
+XS_CONTROL = 0
 XS_DIRECTORY = 1
 XS_READ = 2
 XS_GET_PERMS = 3
@@ -46,6 +47,10 @@ XS_SET_PERMS = 14
 XS_WATCH_EVENT = 15
 XS_ERROR = 16
 XS_IS_DOMAIN_INTRODUCED = 17
+XS_RESUME = 18
+XS_SET_TARGET = 19
+XS_RESET_WATCHES = 21
+XS_DIRECTORY_PART = 22
 
 #: Directories xenopsd creates writable by the guest (Domain.make, "create read/write nodes for the
 #: guest to use"). The agent writes data/, attr/, xenserver/attr/, control/ and feature/.
@@ -85,6 +90,24 @@ def xenopsd_perms(domid: int, writable: bool) -> Tuple[str, ...]:
     return (f"n{domid}",) if writable else ("n0", f"r{domid}")
 
 
+def frame(op: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
+    """One wire message: ``struct xsd_sockmsg`` (xen/include/public/io/xs_wire.h) + payload."""
+    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
+
+
+def take_message(buf: bytearray) -> Optional[Tuple[int, int, int, bytes]]:
+    """Remove and return the first whole message in ``buf`` (op, req_id, tx_id, payload), or
+    None while the message is incomplete."""
+    if len(buf) < HEADER.size:
+        return None
+    op, req_id, tx_id, length = HEADER.unpack_from(buf)
+    if len(buf) < HEADER.size + length:
+        return None
+    payload = bytes(buf[HEADER.size:HEADER.size + length])
+    del buf[:HEADER.size + length]
+    return op, req_id, tx_id, payload
+
+
 class Dom0Client:
     """A minimal synchronous client of xenstored's unix socket (dom0: no permission checks).
 
@@ -121,12 +144,9 @@ class Dom0Client:
         sock = self._connect()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if len(self._buf) >= HEADER.size:
-                op, req_id, tx_id, length = HEADER.unpack_from(self._buf)
-                if len(self._buf) >= HEADER.size + length:
-                    payload = bytes(self._buf[HEADER.size:HEADER.size + length])
-                    del self._buf[:HEADER.size + length]
-                    return op, req_id, tx_id, payload
+            message = take_message(self._buf)
+            if message is not None:
+                return message
             remaining = self.timeout if deadline is None else deadline - time.monotonic()
             if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
                 return None
@@ -139,7 +159,7 @@ class Dom0Client:
     def request(self, op: int, payload: bytes, tx_id: int = 0) -> bytes:
         """Send one request, return the reply payload; XenStoreRefused on XS_ERROR."""
         self._req_id = (self._req_id + 1) & 0x7FFFFFFF
-        self._connect().sendall(HEADER.pack(op, self._req_id, tx_id, len(payload)) + payload)
+        self._connect().sendall(frame(op, self._req_id, tx_id, payload))
         while True:
             message = self._read_message(self.timeout)
             if message is None:
@@ -460,7 +480,54 @@ KERNELS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
 }
 
 
-class GuestKernel:
+class ShutdownWatcher:
+    """A guest kernel's watch on ``control/shutdown``, served on its own thread over the guest's
+    ring (the bridge socket is the kernel's connection).  Subclasses model one kernel's handler
+    in ``_handle`` and ``_carried_out`` what it performs; ``taken()`` lists those actions."""
+
+    def __init__(self, bridge: GuestBridge, name: str) -> None:
+        self.client = Dom0Client(bridge.socket_path)
+        self.name = name
+        self._actions: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _watch(self, token: str) -> None:
+        self.client.watch("control/shutdown", token)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self.client.close()
+
+    def taken(self) -> List[str]:
+        with self._lock:
+            return list(self._actions)
+
+    def _carried_out(self, action: str) -> None:
+        with self._lock:
+            self._actions.append(action)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.client.wait_event(0.05) is not None:
+                    self._handle()
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                time.sleep(0.05)  # the bridge is suspended or the domain gone: keep watching
+
+    def _handle(self) -> None:
+        raise NotImplementedError
+
+
+class GuestKernel(ShutdownWatcher):
     """The guest kernel's shutdown watcher, as a client of the guest's ring (the bridge socket).
 
     Like Linux's shutdown_handler(): on every event, in a transaction, read control/shutdown,
@@ -474,13 +541,9 @@ class GuestKernel:
     def __init__(self, bridge: GuestBridge, flavour: str = "linux") -> None:
         if flavour not in KERNELS:
             raise ValueError(f"unknown kernel flavour {flavour!r}: one of {sorted(KERNELS)}")
+        super().__init__(bridge, f"kernel-{flavour}")
         self.flavour = flavour
         self.handles, self.features = KERNELS[flavour]
-        self.client = Dom0Client(bridge.socket_path)
-        self.actions: List[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "GuestKernel":
         for name in self.features:
@@ -490,32 +553,8 @@ class GuestKernel:
                 if exc.errno != errno.EACCES:
                     raise
         if self.handles:
-            self.client.watch("control/shutdown", "kernel-shutdown")
-            self._thread = threading.Thread(target=self._run, name=f"kernel-{self.flavour}",
-                                            daemon=True)
-            self._thread.start()
+            self._watch("kernel-shutdown")
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-        self.client.close()
-
-    def taken(self) -> List[str]:
-        with self._lock:
-            return list(self.actions)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.client.wait_event(0.05) is not None:
-                    self._handle()
-            except (OSError, ValueError):
-                if self._stop.is_set():
-                    return
-                time.sleep(0.05)  # the bridge is suspended or the domain gone: keep watching
 
     def _handle(self) -> None:
         while True:
@@ -533,8 +572,7 @@ class GuestKernel:
             if self.client.transaction_end(tx, commit=True):
                 break
         if handled:
-            with self._lock:
-                self.actions.append(value)
+            self._carried_out(value)
 
     def _abort(self, tx: int) -> None:
         try:
