@@ -9,7 +9,6 @@ exits 141, as a command stopped by SIGPIPE.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,6 +18,7 @@ from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
 from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
+from xenguest_agent.cliargs import parse_run
 from xenguest_agent.config import (
     FREEBSD_CONFIG_PATH,
     FREEBSD_HOOKS_DIR,
@@ -35,7 +35,12 @@ from xenguest_agent.log import get_logger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional, Sequence
+    import argparse
+    from types import SimpleNamespace
+    from typing import Optional, Sequence, Union
+
+    #: argparse's namespace, or cliargs' for the daemon's usual command line (same attributes)
+    Args = Union[argparse.Namespace, SimpleNamespace]
 
 log = get_logger(__name__)
 
@@ -48,6 +53,8 @@ EX_BROKEN_PIPE = 128 + 13
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # not for the daemon's usual command line (cliargs.py)
+
     parser = argparse.ArgumentParser(
         prog="xenguest-agent",
         description="Xen guest agent: publishes guest facts to XenStore for XenServer/XCP-ng.")
@@ -88,11 +95,11 @@ def _os_name(choice: str) -> str:
     return os.uname().sysname.lower() if choice == "auto" else choice
 
 
-def _config_path(args: argparse.Namespace, os_name: str) -> str:
+def _config_path(args: Args, os_name: str) -> str:
     return args.config or (FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH)
 
 
-def _backend(args: argparse.Namespace, os_name: str) -> Backend:
+def _backend(args: Args, os_name: str) -> Backend:
     host = Host(args.root)
     if not host.is_live:  # a captured tree answers commands from its _commands/ (fixture.py)
         host = Host(args.root, FixtureRunner(args.root))
@@ -102,7 +109,7 @@ def _backend(args: argparse.Namespace, os_name: str) -> Backend:
     return select_backend(os_name, host, addresses)
 
 
-def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
+def _show(args: Args, agent: Agent, xenstore: str) -> int:
     values = agent.render(agent.collect())
     values[schema.UPDATED_KEY] = UPDATED_VALUE
     ordered = dict(sorted(values.items()))
@@ -131,7 +138,7 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     return EX_OK
 
 
-def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
+def _run(args: Args, agent: Agent, config: Config, spec: str,
          backend: Backend) -> int:
     import time
 
@@ -215,7 +222,7 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
         store.close()
 
 
-def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
+def _status(args: Args, spec: str, os_name: str) -> int:
     from xenguest_agent import guestprobe, status
     from xenguest_agent.statefile import StateFile, state_path
     from xenguest_agent.xenstore import XenStore, XenStoreUnavailable
@@ -258,7 +265,8 @@ def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(list(argv) if argv is not None else None)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parse_run(words) or _parser().parse_args(words)
     os_name = _os_name(args.os)
     config_path = _config_path(args, os_name)
     try:
@@ -270,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _command(args, config, os_name)
 
 
-def _command(args: argparse.Namespace, config: Config, os_name: str) -> int:
+def _command(args: Args, config: Config, os_name: str) -> int:
     try:
         backend = _backend(args, os_name)
     except UnsupportedOS as exc:
