@@ -491,3 +491,47 @@ def test_the_thread_does_not_start_when_nothing_is_wanted(root: Path) -> None:
     assert runner.start() is False
     runner.stop()
     assert not runner._thread.is_alive()
+
+
+def test_the_udev_rules_are_read_on_the_hotplug_thread_not_before_the_first_publish(
+        root: Path) -> None:
+    """`run` builds the source with ``from_settings`` before the daemon's first publish and
+    starts the thread after it (cli.py, daemon.py): reading every udev rules file (and loading
+    hotplug_rules) is left to the thread, so it is not on the way to the first publish.  What
+    is decided and done stays the same: the rule file is still honoured, a CPU still onlined."""
+    import threading
+
+    from support.waiting import wait_for
+    from xenguest_agent.hotplug import HotplugThread
+
+    rules = root / "lib/udev/rules.d"
+    rules.mkdir(parents=True)
+    (rules / "40-vm-hotadd.rules").write_text(  # memory only: CPUs are left to the agent
+        'SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", ATTR{state}="online"\n')
+    (root / "run/udev").mkdir(parents=True)
+    (root / "run/udev/control").write_text("")
+    reads: list[tuple[str, str]] = []
+
+    class Recording(Host):
+        def listdir(self, guest_path: str) -> tuple[str, ...]:
+            reads.append((threading.current_thread().name, guest_path))
+            return super().listdir(guest_path)
+
+    seam = Seam()
+    events = HotplugEvents.from_settings(Recording(str(root)), "auto", "auto",
+                                         opener=lambda: seam)  # type: ignore[arg-type,return-value]
+    assert not [path for _, path in reads if "udev" in path]
+    runner = HotplugThread(events)
+    try:
+        assert runner.start()
+        assert wait_for(lambda: events.fileno() != -1, timeout=30)
+        udev = [(thread, path) for thread, path in reads if "udev" in path]
+        assert udev and {thread for thread, _ in udev} == {"xenguest-hotplug"}
+        assert (events.policy.online_cpus, events.policy.online_memory) == (True, False)
+        hot_add_cpu(root, 3)
+        seam.send(cpu_event("add", 3))
+        assert wait_for(lambda: sysfs(root, "cpu/cpu3/online").read_text() == "1", timeout=30)
+    finally:
+        runner.stop()
+        seam.close()
+    assert not runner._thread.is_alive()

@@ -201,10 +201,9 @@ def _run(args: Args, agent: Agent, config: Config, spec: str,
             state = None
     static_ip = None
     if args.root == "/" and not args.once:  # it reconfigures the live system's network
-        from xenguest_agent.staticip import StaticIpManager
         from xenguest_agent.staticip.driver import StaticIpDriver
-        static_ip = StaticIpDriver(StaticIpManager(Host(args.root), agent.resolved_interfaces,
-                                                   enabled=config.network.static_ip))
+        static_ip = StaticIpDriver(Host(args.root), agent.resolved_interfaces,
+                                   enabled=config.network.static_ip)
     daemon = Daemon(agent, store, Publisher(store), config, control=control, hooks=hooks,
                     net_events=net_events, file_watch=FileWatch(Host(args.root), backend.name),
                     notifier=Notifier.from_environ(os.environ), hotplug=hotplug, state=state,

@@ -45,7 +45,6 @@ from xenguest_agent.config import Config
 from xenguest_agent.control import Control
 from xenguest_agent.filewatch import FileWatch
 from xenguest_agent.hooks import Hooks
-from xenguest_agent.hotplug import HotplugThread
 from xenguest_agent.log import get_logger
 from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.netevents import NetworkEvents
@@ -54,7 +53,6 @@ from xenguest_agent.resume import ResumeDetector, suspended_seconds
 from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.shutdownstate import run_shutdown_hooks
 from xenguest_agent.statefile import StateFile, wall_clock
-from xenguest_agent.staticip.driver import StaticIpDriver
 from xenguest_agent.ticks import ping_window, tick_interval
 from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.watches import WatchInbox, set_watches
@@ -63,6 +61,9 @@ from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, FrozenSet, List, Optional, Set, Tuple
+
+    from xenguest_agent.hotplug import HotplugThread
+    from xenguest_agent.staticip.driver import StaticIpDriver
 
 log = get_logger(__name__)
 

@@ -52,17 +52,14 @@ import re
 import socket
 
 from xenguest_agent.host import Host
-from xenguest_agent.hotplug_rules import (
-    HotplugPolicy,
-    detect_distro_rules,
-    udev_running,
-)
 from xenguest_agent.log import get_logger
 from xenguest_agent.records import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Callable, Union
+
+    from xenguest_agent.hotplug_rules import HotplugPolicy
 
 log = get_logger(__name__)
 
@@ -83,6 +80,18 @@ _MEMORY_NAME = re.compile(r"memory(0|[1-9][0-9]{0,8})")
 
 CPU = "cpu"
 MEMORY = "memory"
+
+#: The values of ``hotplug.online_cpus`` / ``online_memory``.
+SETTINGS = ("auto", "true", "false")
+
+
+def setting_value(setting: str | bool) -> str:
+    """``auto``, ``true`` or ``false`` from a setting or a bool; ValueError otherwise."""
+    value = setting if isinstance(setting, str) else ("true" if setting else "false")
+    value = value.strip().lower()
+    if value not in SETTINGS:
+        raise ValueError(f"hot-plug setting must be one of {', '.join(SETTINGS)}: {setting!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,10 @@ class Onlined:
 class HotplugEvents:
     """The uevent source for the daemon's poll loop; onlines what appears.
 
+    ``policy``: the decision, or what makes it when first needed (:meth:`from_settings`:
+    the distribution's udev rules are read then, by :class:`HotplugThread` on its own
+    thread, not on the daemon's way to its first publish).
+
     ``open()`` -> False (one log line) when the policy wants nothing or the socket
     cannot be opened; ``fileno()`` -> -1 when closed; ``read_ready(now)`` drains
     and acts, returning what it did; ``deadline()`` is always None (nothing is
@@ -198,10 +211,11 @@ class HotplugEvents:
     leaves hot-added devices alone.
     """
 
-    def __init__(self, host: Host, policy: HotplugPolicy,
+    def __init__(self, host: Host, policy: Union[HotplugPolicy, Callable[[], HotplugPolicy]],
                  opener: Callable[[], socket.socket] = open_uevent_socket) -> None:
         self.host = host
-        self.policy = policy
+        self._policy = None if callable(policy) else policy
+        self._decide = policy if callable(policy) else None
         self._opener = opener
         self._sock: socket.socket | None = None
         self._known: dict[str, set[int]] = {CPU: set(), MEMORY: set()}
@@ -209,13 +223,31 @@ class HotplugEvents:
 
     @classmethod
     def from_settings(cls, host: Host, online_cpus: str | bool = "auto",
-                      online_memory: str | bool = "auto") -> HotplugEvents:
+                      online_memory: str | bool = "auto",
+                      opener: Callable[[], socket.socket] = open_uevent_socket) -> HotplugEvents:
         """The source for the ``hotplug.online_cpus``/``online_memory`` settings,
         reading the distribution's udev rules under ``host`` (ValueError for a
-        setting other than auto/true/false)."""
-        policy = HotplugPolicy.decide(online_cpus, online_memory,
-                                      detect_distro_rules(host), udev_running(host))
-        return cls(host, policy)
+        setting other than auto/true/false, at once).  The rules are read when the policy is
+        first needed (:attr:`policy`)."""
+        cpus, memory = setting_value(online_cpus), setting_value(online_memory)
+
+        def decide() -> HotplugPolicy:
+            from xenguest_agent.hotplug_rules import HotplugPolicy, detect_distro_rules, udev_running
+
+            return HotplugPolicy.decide(cpus, memory, detect_distro_rules(host), udev_running(host))
+        return cls(host, decide, opener)
+
+    @property
+    def decided(self) -> bool:
+        """Whether the policy is known without reading anything."""
+        return self._policy is not None
+
+    @property
+    def policy(self) -> HotplugPolicy:
+        if self._policy is None:
+            assert self._decide is not None
+            self._policy = self._decide()
+        return self._policy
 
     def open(self) -> bool:
         if self._sock is not None:
@@ -380,8 +412,10 @@ class HotplugThread:
         self._thread = threading.Thread(target=self._run, name="xenguest-hotplug", daemon=True)
 
     def start(self) -> bool:
-        """Open the uevent socket and start the thread; False when there is nothing to do."""
-        if not self.events.open():
+        """Open the uevent socket and start the thread; False when there is nothing to do.
+        A policy still to be decided (``from_settings``: the udev rules to read) is decided
+        and the socket opened on the thread, which ends at once if nothing is wanted."""
+        if self.events.decided and not self.events.open():
             self._stop.close()
             return False
         self._thread.start()
@@ -398,6 +432,8 @@ class HotplugThread:
         import select
         import time
 
+        if not self.events.open():  # already open unless the policy was still to be decided
+            return
         poller = select.poll()
         poller.register(self._stop.read_fd, select.POLLIN)
         poller.register(self.events.fileno(), select.POLLIN)

@@ -35,6 +35,7 @@ import fnmatch
 import re
 
 from xenguest_agent.host import Host
+from xenguest_agent.hotplug import setting_value
 from xenguest_agent.records import dataclass
 
 RULES_DIRS = (
@@ -45,7 +46,6 @@ RULES_DIRS = (
     "/lib/udev/rules.d",
 )
 UDEV_CONTROL = "/run/udev/control"
-SETTINGS = ("auto", "true", "false")
 
 _PAIR = re.compile(r'\s*([A-Za-z_]+)(?:\{([^}]*)\})?\s*(==|!=|\+=|-=|:=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _LIMIT = 1 << 20
@@ -90,10 +90,7 @@ class HotplugPolicy:
 
 def decide_one(setting: str | bool, rule_files: tuple[str, ...], udev_running: bool) -> Decision:
     """Pure: act or not for one setting (``auto``/``true``/``false`` or a bool)."""
-    value = setting if isinstance(setting, str) else ("true" if setting else "false")
-    value = value.strip().lower()
-    if value not in SETTINGS:
-        raise ValueError(f"hot-plug setting must be one of {', '.join(SETTINGS)}: {setting!r}")
+    value = setting_value(setting)
     if value == "true":
         return Decision(True, "setting is true")
     if value == "false":

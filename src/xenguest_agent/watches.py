@@ -16,7 +16,7 @@ from xenguest_agent.control import SHUTDOWN_KEY
 from xenguest_agent.log import get_logger
 from xenguest_agent.records import dataclass, field
 from xenguest_agent.resume import DOMID, UNIQUE_DOMAIN_ID
-from xenguest_agent.staticip.manager import SRIOV_ROOT, VIF_ROOT
+from xenguest_agent.staticip.probe import SRIOV_ROOT, VIF_ROOT
 from xenguest_agent.xenstore import XenStore, XenStoreError, XenStoreUnavailable
 
 TYPE_CHECKING = False

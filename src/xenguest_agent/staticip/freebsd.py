@@ -18,7 +18,6 @@ loses the values the agent set; the guest's earlier values were overwritten.
 from __future__ import annotations
 
 import re
-import shlex
 
 from xenguest_agent.host import Host
 from xenguest_agent.staticip.plan import Nic, Run
@@ -34,6 +33,8 @@ _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 def rc_values(text: str | None) -> dict[str, str]:
     """Plain ``name=value`` assignments of an rc.conf (quotes removed as sh does)."""
+    import shlex  # with the first request only: an idle agent never reads rc.conf
+
     values: dict[str, str] = {}
     for line in (text or "").splitlines():
         found = _ASSIGN.match(line)

@@ -10,7 +10,6 @@ whole interface, so "nothing" is not an option there.
 from __future__ import annotations
 
 import re
-import uuid
 
 from xenguest_agent.host import Host
 from xenguest_agent.staticip.plan import Nic, Run, file_changes
@@ -107,6 +106,8 @@ class NetworkManager:
         return f"{self.directory}/{PREFIX}{nic.name}.nmconnection"
 
     def uuid(self, nic: Nic) -> str:
+        import uuid  # only a NetworkManager profile needs it
+
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"xenguest-agent:static-ip:{nic.name}"))
 
     @staticmethod

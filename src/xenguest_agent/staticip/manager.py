@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from xenguest_agent.facts import Interface
 from xenguest_agent.host import Host
+from xenguest_agent.staticip import probe
 from xenguest_agent.staticip.freebsd import FreeBsdRcConf
 from xenguest_agent.staticip.linux import Ifupdown, Networkd, NetworkManager
 from xenguest_agent.staticip.plan import (
@@ -37,6 +38,7 @@ from xenguest_agent.staticip.plan import (
     execute,
     file_changes,
 )
+from xenguest_agent.staticip.probe import FEATURE_KEY, ROOTS, SETTING, VIF_ROOT
 from xenguest_agent.staticip.setting import (
     APPLY_FAILED,
     CONFLICT,
@@ -56,41 +58,22 @@ if TYPE_CHECKING:
     Read = Callable[[str], Optional[str]]
     List_ = Callable[[str], Optional[list[str]]]
 
-# xen-api ocaml/xenopsd/xc/device_common.ml extra_xenserver_path_of_device:
-# <domain path>/xenserver/device/<kind>/<frontend devid>; kinds "vif" and, for
-# SR-IOV VFs, "net-sriov-vf" (both watched by the Windows agent).
-VIF_ROOT = "xenserver/device/vif"
-SRIOV_ROOT = "xenserver/device/net-sriov-vf"
-SETTING = "static-ip-setting"
-FEATURE_KEY = "control/feature-static-ip-setting"
 KEYS = ("mac", "enabled", "address", "gateway", "enabled6", "address6", "gateway6")
-_DEVID = re.compile(r"^(0|[1-9][0-9]{0,8})\Z")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
 
+#: The backend for each name :func:`probe.detect` gives.
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    probe.NETWORKMANAGER: NetworkManager,
+    probe.NETWORKD: Networkd,
+    probe.IFUPDOWN: Ifupdown,
+    probe.RC_CONF: FreeBsdRcConf,
+}
 
 
 def detect(host: Host) -> Backend | None:
-    """The guest's network configuration system, or None.  A running
-    NetworkManager (it keeps /run/NetworkManager) or systemd-networkd (it keeps
-    /run/systemd/netif/state, what sd_network_get_operational_state reads) wins
-    over files that may be left over from an earlier setup.  Both are driven through
-    their command-line tools, which reach the daemon over the D-Bus system bus
-    (nmcli; networkctl reload/reconfigure): without the bus's socket neither can apply
-    anything, so neither is chosen."""
-    def any_of(*paths: str) -> bool:
-        return any(host.exists(p) for p in paths)
-
-    bus = host.exists("/run/dbus/system_bus_socket")
-    if bus and host.exists("/run/NetworkManager") and any_of("/usr/bin/nmcli", "/bin/nmcli"):
-        return NetworkManager()
-    if bus and host.exists("/run/systemd/netif/state") and any_of("/usr/bin/networkctl",
-                                                                  "/bin/networkctl"):
-        return Networkd()
-    if host.exists("/etc/network/interfaces") and any_of("/sbin/ifup", "/usr/sbin/ifup"):
-        return Ifupdown()
-    if host.exists("/etc/rc.subr") and host.exists("/usr/sbin/sysrc"):
-        return FreeBsdRcConf()
-    return None
+    """The guest's network configuration system (chosen by :func:`probe.detect`), or None."""
+    name = probe.detect(host)
+    return BACKENDS[name]() if name is not None else None
 
 
 def match_nic(root: str, devid: int, mac: str | None, interfaces: Sequence[Interface]) -> Nic:
@@ -183,16 +166,16 @@ class StaticIpManager:
         return {FEATURE_KEY: "1"} if self.advertise() else {}
 
     def watch_paths(self) -> list[str]:
-        return [VIF_ROOT, SRIOV_ROOT] if self.advertise() else []
+        return list(ROOTS) if self.advertise() else []
 
     def on_change(self, read: Read, ls: List_) -> list[Job]:
         """A job per NIC with a pending request and no job already running."""
         if not self.advertise():
             return []
         jobs: list[Job] = []
-        for root in (VIF_ROOT, SRIOV_ROOT):
+        for root in ROOTS:
             for entry in ls(root) or []:
-                if not _DEVID.match(entry):
+                if not probe.DEVID.match(entry):
                     continue  # paths are built from integers only, in canonical form
                 job = self._job(root, int(entry), read)
                 if job is not None:

@@ -10,7 +10,6 @@ performs the steps in order and stops at the first failure.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 from xenguest_agent.host import CommandError, Host
@@ -99,6 +98,8 @@ def _write(host: Host, step: WriteFile) -> None:
     target = host.path(step.path)
     folder = os.path.dirname(target)
     os.makedirs(folder, mode=0o755, exist_ok=True)
+    import tempfile  # only when a file changes: a request that changes nothing never loads it
+
     fd, temporary = tempfile.mkstemp(prefix=".xenguest-agent.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as handle:

@@ -22,7 +22,6 @@ bad one refuses the whole setting.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -30,6 +29,7 @@ from xenguest_agent.records import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ipaddress
     from typing import Union
     Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
     Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -137,6 +137,8 @@ def parse_cidr(key: str, raw: str | None, version: int) -> Interface:
         raise Refusal(INVALID, f"{key} is missing but static mode needs an address in CIDR form")
     if not _CIDR.match(raw):
         raise Refusal(INVALID, f"{key} {clean_message(raw)!r} is not an address in CIDR form")
+    import ipaddress  # only a static address needs it; the plug's "0"/"0" does not
+
     try:
         value = ipaddress.ip_interface(raw)
     except ValueError:
@@ -152,6 +154,8 @@ def parse_address(key: str, raw: str | None, version: int) -> Address | None:
         return None
     if not _ADDRESS.match(raw):
         raise Refusal(INVALID, f"{key} {clean_message(raw)!r} is not an IP address")
+    import ipaddress
+
     try:
         value = ipaddress.ip_address(raw)
     except ValueError:
