@@ -31,6 +31,7 @@ import pytest
 
 from support.guestroot import GuestRoot
 from support.waiting import wait_for
+from support.xenstored import Xenstored
 from xenguest_agent import log
 
 NAME = "xenguest_agent.test_log"
@@ -333,7 +334,7 @@ def test_many_threads_every_line_whole_in_a_piecewise_stream(no_journal_env: Non
 
 # --- end to end: the daemon's own stderr ---------------------------------------------------------
 
-def run_daemon(tmp_path: Path, xenstored: object, journal: bool) -> List[str]:
+def run_daemon(tmp_path: Path, xenstored: Xenstored, journal: bool) -> List[str]:
     """Start ``python -m xenguest_agent run`` with stderr to a file, wait for its first publish
     and its log line, stop it with SIGTERM; its stderr lines."""
     guest = GuestRoot(tmp_path / "guest")
@@ -344,11 +345,10 @@ def run_daemon(tmp_path: Path, xenstored: object, journal: bool) -> List[str]:
             env["JOURNAL_STREAM"] = identity(stderr)
         daemon = subprocess.Popen(
             [sys.executable, "-m", "xenguest_agent", "run", "--xenstore",
-             xenstored.spec, "--root", str(guest.root), "--os", "linux"],  # type: ignore
+             xenstored.spec, "--root", str(guest.root), "--os", "linux"],
             stderr=stderr, env=env)
     try:
-        assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), \
-            path.read_text()  # type: ignore[attr-defined]
+        assert wait_for(lambda: xenstored.read(f"{HOME}/data/updated") == "1"), path.read_text()
         assert wait_for(lambda: "published:" in path.read_text()), path.read_text()
         assert daemon.poll() is None, path.read_text()
         daemon.send_signal(signal.SIGTERM)
@@ -360,7 +360,7 @@ def run_daemon(tmp_path: Path, xenstored: object, journal: bool) -> List[str]:
     return path.read_text().splitlines()
 
 
-def test_daemon_under_journal_stream_writes_priorities(tmp_path: Path, xenstored: object) -> None:
+def test_daemon_under_journal_stream_writes_priorities(tmp_path: Path, xenstored: Xenstored) -> None:
     written = run_daemon(tmp_path, xenstored, journal=True)
     assert written and all(JOURNAL.match(line) for line in written), written
     assert re.match(r"^<6>xenguest_agent\.cli: xenguest-agent \S+ starting: linux backend",
@@ -369,7 +369,7 @@ def test_daemon_under_journal_stream_writes_priorities(tmp_path: Path, xenstored
                for line in written), written
 
 
-def test_daemon_elsewhere_writes_plain_lines(tmp_path: Path, xenstored: object) -> None:
+def test_daemon_elsewhere_writes_plain_lines(tmp_path: Path, xenstored: Xenstored) -> None:
     written = run_daemon(tmp_path, xenstored, journal=False)
     matches: List[Optional[re.Match[str]]] = [PLAIN.match(line) for line in written]
     assert written and all(matches), written
