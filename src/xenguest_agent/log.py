@@ -78,6 +78,26 @@ class _Bridge:
         logging.getLogger(name).log(level, "%s", text, exc_info=exc)
 
 
+def _render(msg: object, args: Tuple[object, ...]) -> str:
+    """``msg % args``; when that fails (a bad format, an argument that cannot be shown) the
+    format and whatever of the arguments can be shown, so a line is never lost nor raises."""
+    try:
+        return str(msg) % args if args else str(msg)
+    except Exception:  # noqa: BLE001 - any argument's __str__/__format__ may raise anything
+        pass
+    shown = []
+    for arg in args:
+        try:
+            shown.append(repr(arg))
+        except Exception:  # noqa: BLE001 - as above, its __repr__
+            shown.append(f"<unprintable {type(arg).__name__}>")
+    try:
+        text = str(msg)
+    except Exception:  # noqa: BLE001
+        text = f"<unprintable {type(msg).__name__}>"
+    return f"{text} ({', '.join(shown)})"
+
+
 class Logger:
     """The subset of ``logging.Logger`` the agent uses; ``msg % args`` is formatted only
     for a line that is written, and a bad format never raises."""
@@ -93,10 +113,7 @@ class Logger:
         sink = self._sinks["current"]
         if not sink.enabled(self.name, level):
             return
-        try:
-            text = msg % args if args else msg
-        except (TypeError, ValueError, KeyError):
-            text = f"{msg} {args!r}"
+        text = _render(msg, args)
         exc = sys.exc_info() if exc_info else None
         sink.emit(self.name, level, text, exc if exc is not None and exc[0] is not None else None)
 
@@ -142,6 +159,10 @@ def is_journal(stream: TextIO, environ: Optional[Dict[str, str]] = None) -> bool
     """True when ``stream`` is the file systemd named in ``JOURNAL_STREAM``."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
     device, _, inode = value.partition(":")
+    # decimal digits, as systemd writes them (systemd.exec(5)); int() alone would also take
+    # "1_0", which systemd's own check (src/basic/log.c, stderr_is_journal) refuses
+    if not (device.isascii() and device.isdigit() and inode.isascii() and inode.isdigit()):
+        return False
     try:
         info = os.fstat(stream.fileno())
         return (info.st_dev, info.st_ino) == (int(device), int(inode))

@@ -13,7 +13,8 @@ with the semantics of the Python documentation of ``dataclasses``: an ``__init__
 the fields in order with their defaults and default factories, ``__repr__``, ``__eq__``
 between instances of the same class, ``__hash__`` from the fields when frozen (and none
 when ``eq`` without ``frozen``), ``FrozenInstanceError`` (an ``AttributeError``) on
-assignment to a frozen instance, ``__match_args__``, ``replace()`` and ``fields()``.
+assignment to a frozen instance, ``__match_args__``, ``replace()`` and ``fields()``;
+what the class body defines itself is kept, and an unhashable default is refused.
 ``tests/test_records.py`` holds each record class of the package against the standard
 ``dataclasses`` built from the same class body.
 """
@@ -74,8 +75,9 @@ else:
                     delattr(cls, name)
                 else:
                     setattr(cls, name, spec.default)
-            elif isinstance(value, (list, dict, set)):
-                raise ValueError(f"mutable default {type(value)} for field {name} "
+            # unhashable stands for mutable, plain or through field() (3.11 semantics)
+            if spec.default is not _MISSING and type(spec.default).__hash__ is None:
+                raise ValueError(f"mutable default {type(spec.default)} for field {name} "
                                  "is not allowed: use default_factory")
             own.append(spec)
         inherited = {}
@@ -166,10 +168,13 @@ else:
     def _process(cls, frozen, eq):
         specs = _collect(cls)
         cls.__record_fields__ = specs
-        cls.__init__ = _make_init(cls, specs, frozen)
+        # what the class body defines is kept (__init__, __repr__, __eq__, __match_args__)
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _make_init(cls, specs, frozen)
         if "__repr__" not in cls.__dict__:
             cls.__repr__ = _repr
-        cls.__match_args__ = tuple(spec.name for spec in specs)
+        if "__match_args__" not in cls.__dict__:
+            cls.__match_args__ = tuple(spec.name for spec in specs)
         if eq and "__eq__" not in cls.__dict__:
             cls.__eq__ = _eq
         if "__hash__" not in cls.__dict__ or cls.__dict__["__hash__"] is None:
@@ -178,7 +183,11 @@ else:
             elif eq:
                 cls.__hash__ = None
         if frozen:
-            cls.__setattr__, cls.__delattr__ = _frozen_guard(cls, frozenset(cls.__match_args__))
+            for name in ("__setattr__", "__delattr__"):
+                if name in cls.__dict__:
+                    raise TypeError(f"cannot overwrite attribute {name} in class {cls.__name__}")
+            names = frozenset(spec.name for spec in specs)
+            cls.__setattr__, cls.__delattr__ = _frozen_guard(cls, names)
         return cls
 
     def dataclass(cls=None, /, *, frozen=False, eq=True):
