@@ -81,6 +81,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     yield Built(dist)
 
 
+def load_build():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging/build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
 # --- rpm (packaging/rpm/xenguest-agent.spec, docs/packaging.md) -------------------------
 
 
@@ -151,6 +159,19 @@ def test_deb_installs_the_documented_files(built: Built) -> None:
                  "/etc/xenguest-agent/hooks",
                  "/usr/share/man/man8/xenguest-agent.8.gz"):  # dh_installman compresses
         assert path in files, path
+
+
+def test_deb_installs_the_launcher_the_benchmark_measures(built: Built) -> None:
+    # benchmarks/bench.py renders the launcher with build.render_launcher: it must be the
+    # very file the .deb installs as /usr/bin/xenguest-agent
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", built.deb], capture_output=True,
+                          check=True).stdout
+    import io
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("./usr/bin/xenguest-agent")
+        assert member is not None
+        installed = member.read().decode()
+    assert installed == load_build().render_launcher("/usr/bin/python3", "/usr/share/xenguest-agent")
 
 
 def test_deb_conffile_and_enabled_unit(built: Built, tmp_path: Path) -> None:
@@ -225,10 +246,7 @@ def test_port_plist_lists_every_module(built: Built) -> None:
 
 def test_port_distinfo_matches_the_distfiles(built: Built) -> None:
     # porting-handbook distinfo: "SHA256 (file) = hex" and "SIZE (file) = bytes" per distfile
-    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging/build.py")
-    assert spec is not None and spec.loader is not None
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_build()
     pyxs = build.CACHE / f"pyxs-{build.PYXS_VERSION}.tar.gz"  # what the build vendored
     entries = re.findall(r"^(SHA256|SIZE) \(([^)]+)\) = (\S+)$",
                          (built.port / "distinfo").read_text(), re.M)
