@@ -306,6 +306,21 @@ class LiveAgent:
         self.xs = xs
         self.ns = f"xga-bench-{os.getpid()}"
         self.peer_ns = f"{self.ns}-peer"
+        self.log = work / "live.log"
+        self.proc: "Optional[subprocess.Popen[bytes]]" = None
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._pings, self._counted = 0, 0  # counted by a thread as systemd would: never full
+        try:
+            self._start(agent, work)
+        except BaseException:
+            log = self.log.read_text()[-3000:] if self.log.exists() else ""
+            self.close()
+            if log:
+                print(f"bench: the live agent's log:\n{log}", file=sys.stderr)
+            raise
+
+    def _start(self, agent: Packaged, work: Path) -> None:
+        xs = self.xs
         for ns in (self.ns, self.peer_ns):
             subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
         ip(self.ns, "link", "add", "v0", "address", VIF_MAC, "type", "veth",
@@ -313,10 +328,7 @@ class LiveAgent:
         ip(self.ns, "link", "set", "v0", "up")
         ip(self.peer_ns, "link", "set", "v1", "up")
         ip(self.ns, "addr", "add", f"{GUEST_ADDRESS}/24", "dev", "v0")
-        self.log = work / "live.log"
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(work / "notify"))
-        self._pings, self._counted = 0, 0  # counted by a thread as systemd would: never full
         threading.Thread(target=self._listen, daemon=True).start()
         env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify"), WATCHDOG_USEC=WATCHDOG_USEC)
         env.pop("WATCHDOG_PID", None)
@@ -324,21 +336,22 @@ class LiveAgent:
         for key, value in vif_frontend(0, VIF_MAC).items():
             xs.write(f"{HOME}/device/vif/0/{key}", value)
         watcher = Watcher(xs.spec, f"{HOME}/data/updated")
-        with open(self.log, "ab") as output:
-            started = time.monotonic()
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, str(agent.launcher),
-                                          "run", "--xenstore", xs.spec],
-                                         cwd="/", env=env, stdout=output, stderr=output)
-        self.first_publish = watcher.wait(
-            lambda: watcher.store.read(f"{HOME}/data/updated") == "1", 30) - started
-        watcher.close()
+        try:
+            with open(self.log, "ab") as output:
+                started = time.monotonic()
+                self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns,
+                                              str(agent.launcher), "run", "--xenstore", xs.spec],
+                                             cwd="/", env=env, stdout=output, stderr=output)
+            self.first_publish = watcher.wait(
+                lambda: watcher.store.read(f"{HOME}/data/updated") == "1", 30) - started
+        finally:
+            watcher.close()
         self.pid = agent_pid(self.proc, agent.launcher)
         vifs = xs.ls(f"{HOME}/attr/vif") if xs.exists(f"{HOME}/attr/vif") else []
         if vifs != ["0"] or xs.read(f"{HOME}/attr/vif/0/ipv4/0") != GUEST_ADDRESS:
-            self.close()
             raise RuntimeError(
-                f"the agent did not name v0 ({VIF_MAC}) VIF 0 from device/vif/0/mac: attr/vif "
-                f"has {vifs}, {xs.dump(f'{HOME}/attr')}; its log:\n{self.log.read_text()[-3000:]}")
+                f"the agent did not publish v0 ({VIF_MAC}, {GUEST_ADDRESS}) as VIF 0 from "
+                f"device/vif/0/mac: attr/vif has {vifs}: {xs.dump(f'{HOME}/attr')}")
 
     def _listen(self) -> None:
         while True:
@@ -354,8 +367,9 @@ class LiveAgent:
         return count
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
         try:
             self.notify.shutdown(socket.SHUT_RDWR)  # wakes the listening thread
         except OSError:
