@@ -13,16 +13,27 @@ rows (collect+diff cycle, scale, RSS under address churn).
 
 Idle figures are counted over the window and extrapolated to an hour (or a
 minute): a short window sees few memory writes, so trust the full mode's.
-The live agent runs with default settings (but for naming its VIF) in a network
-namespace, as systemd starts it: NOTIFY_SOCKET and WATCHDOG_USEC from the unit's
-WatchdogSec=30s, so the watchdog pings are part of what is measured.
+
+The agent runs as the distro packages install it (docs/packaging.md): the
+system's /usr/bin/python3 executes packaging/launcher.in, rendered as the
+packages render it (packaging/build.py render_launcher), in front of a staged
+private module directory holding the agent and the vendored pyxs, byte-compiled
+as the packages are at install time.  The live agent runs with default settings,
+no configuration file, in a network namespace whose one NIC is named VIF 0 the way
+a guest's is: by its MAC under device/vif/0 (xenopsd's frontend keys), checked to
+be published as attr/vif/0 before anything is measured; systemd's environment
+(NOTIFY_SOCKET, WATCHDOG_USEC from the unit's WatchdogSec=30s) makes the watchdog
+pings part of what is measured.
 Run from the repository root as root; it uses the test bed in tests/support.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -31,7 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -49,6 +60,13 @@ from xenguest_agent.xenstore import XenStore  # noqa: E402
 
 HOME = "/local/domain/0"
 WATCHDOG_USEC = "30000000"  # systemd/xenguest-agent.service: WatchdogSec=30s
+#: The interpreter every distro package's launcher names on Linux (packaging/debian/rules and
+#: the rpm spec's %{__python3} fill @PYTHON@ with it); the .deb depends on python3-yaml.
+SYSTEM_PYTHON = "/usr/bin/python3"
+#: VIF 0's MAC: in Xen's OUI 00:16:3e, as toolstacks generate them (xl-network-configuration(5)).
+VIF_MAC = "00:16:3e:5e:00:01"
+#: The guest's address on VIF 0 before the agent starts (DHCP's, on a real guest): RFC 5737.
+GUEST_ADDRESS = "192.0.2.10"
 Row = Tuple[str, str, str, str]
 
 #: Quoted from issue 14 (filed 2026-11, "measured side by side against XenServer's own
@@ -102,11 +120,42 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def agent_pid(proc: "subprocess.Popen[bytes]") -> int:
-    """`ip netns exec` execs the agent in place (no fork): the same pid."""
+class Memory(NamedTuple):
+    """VmRSS (the issue's figure) and two views of it from /proc/PID/smaps_rollup (Linux
+    fs/proc/task_mmu.c, show_smaps_rollup): Pss charges each shared page to its mappers in
+    equal parts, so the interpreter and libc count at their share; Anonymous is the memory the
+    process alone owns (heap, the objects of every imported module)."""
+
+    rss: float
+    pss: float
+    anon: float
+
+    def __str__(self) -> str:
+        return f"{self.rss:.1f} / {self.pss:.1f} / {self.anon:.1f} MiB"
+
+
+def memory(pid: int) -> Memory:
+    fields: Dict[str, float] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            if name in ("Pss", "Anonymous"):
+                fields[name] = int(rest.split()[0]) / 1024  # kB
+    if len(fields) != 2:
+        raise RuntimeError(f"no Pss/Anonymous in /proc/{pid}/smaps_rollup: {fields}")
+    return Memory(rss_mib(pid), fields["Pss"], fields["Anonymous"])
+
+
+def median_memory(samples: List[Memory]) -> Memory:
+    return Memory(*(statistics.median(getattr(m, f) for m in samples) for f in Memory._fields))
+
+
+def agent_pid(proc: "subprocess.Popen[bytes]", launcher: Path) -> int:
+    """`ip netns exec` execs the launcher in place (no fork) and the kernel runs its
+    interpreter in the same process: the same pid, argv ``python3 FLAGS LAUNCHER ...``."""
     with open(f"/proc/{proc.pid}/cmdline", "rb") as handle:
         argv = handle.read().split(b"\0")
-    if b"xenguest_agent" not in argv:
+    if os.fsencode(launcher) not in argv:
         raise RuntimeError(f"pid {proc.pid} runs {argv!r}, not the agent")
     return proc.pid
 
@@ -122,6 +171,55 @@ def mem_available_kib() -> int:
 def percentile(values: List[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+# --- the agent as the packages install it -----------------------------------------------------
+
+def load_build() -> object:
+    """packaging/build.py as a module: its render_launcher and PYXS_VERSION."""
+    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging" / "build.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("cannot load packaging/build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Packaged:
+    """A private module directory as the distro packages lay it out (/usr/share/xenguest-agent:
+    the agent and pyxs, byte-compiled) and the launcher in front of it, run by ``python``."""
+
+    def __init__(self, work: Path, python: str = SYSTEM_PYTHON) -> None:
+        if not os.access(python, os.X_OK):
+            sys.exit(f"bench: ERROR: {python} not found: the packages run the agent with the "
+                     "system python3 (apt-get install python3)")
+        done = subprocess.run([python, "-I", "-c", "import sys, yaml; print(sys.version.split()[0])"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"bench: ERROR: {python} cannot import yaml (the .deb depends on "
+                     f"python3-yaml: ./dev bench installs it):\n{done.stderr}")
+        self.python, self.version = python, done.stdout.strip()
+        build = load_build()
+        pyxs_version = importlib.metadata.version("pyxs")
+        if pyxs_version != build.PYXS_VERSION:  # type: ignore[attr-defined]
+            sys.exit(f"bench: ERROR: the venv has pyxs {pyxs_version}, the packages vendor "
+                     f"{build.PYXS_VERSION}")  # type: ignore[attr-defined]
+        found = importlib.util.find_spec("pyxs")
+        if found is None or found.origin is None:
+            sys.exit("bench: ERROR: pyxs is not installed in the bench's venv")
+        self.datadir = work / "share" / "xenguest-agent"
+        skip = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / "src" / "xenguest_agent", self.datadir / "xenguest_agent",
+                        ignore=skip)
+        shutil.copytree(Path(found.origin).parent, self.datadir / "pyxs", ignore=skip)
+        # as dh_python3 (deb), brp-python-bytecompile (rpm) and the port's compileall do
+        subprocess.run([python, "-I", "-m", "compileall", "-q", str(self.datadir)], check=True)
+        self.launcher = work / "bin" / "xenguest-agent"
+        self.launcher.parent.mkdir(parents=True)
+        launcher_text = build.render_launcher(python, str(self.datadir))  # type: ignore[attr-defined]
+        self.launcher.write_text(launcher_text)
+        self.launcher.chmod(0o755)
+        self.shebang = launcher_text.splitlines()[0]
 
 
 # --- XenStore from the benchmark's side ---------------------------------------------------
@@ -159,58 +257,101 @@ def ip(ns: str, *args: str) -> None:
 
 # --- start-up -------------------------------------------------------------------------------
 
-def startup(xs: Xenstored, guest: GuestRoot, config: Optional[Path], runs: int) -> Tuple[float, float]:
-    """exec -> data/updated committed (the first publish is one transaction, so its last
-    key is visible at that moment), median over ``runs``; and RSS just after."""
-    times, rss = [], []
+def startup(xs: Xenstored, agent: Packaged, guest: GuestRoot, config: Optional[Path],
+            runs: int, log: Path) -> Tuple[float, Memory]:
+    """exec of the launcher -> data/updated committed (the first publish is one transaction,
+    so its last key is visible at that moment), median over ``runs``; and memory just after.
+    The guest is a captured tree (--root): the same facts on every machine."""
+    times, mem = [], []
     for _ in range(runs):
         xs.restart()
         watcher = Watcher(xs.spec, f"{HOME}/data/updated")
-        argv = [sys.executable, "-m", "xenguest_agent", "run", "--xenstore", xs.spec,
-                "--root", str(guest.root), "--os", "linux", "--log-level", "warning"]
+        argv = [str(agent.launcher), "run", "--xenstore", xs.spec, "--root", str(guest.root),
+                "--os", "linux"]
         if config is not None:
             argv += ["--config", str(config)]
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=REPO)
+        with open(log, "ab") as output:
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, cwd="/", stdout=output, stderr=output)
         try:
-            done = watcher.wait(lambda w=watcher: w.store.read(f"{HOME}/data/updated") == "1", 30)
+            done = watcher.wait(lambda w=watcher: w.store.read(  # type: ignore[misc]
+                f"{HOME}/data/updated") == "1", 30)
             times.append(done - started)
             time.sleep(0.5)
-            rss.append(rss_mib(proc.pid))
+            mem.append(memory(proc.pid))
         finally:
             proc.terminate()
             proc.wait(10)
             watcher.close()
-    return statistics.median(times), statistics.median(rss)
+    return statistics.median(times), median_memory(mem)
 
 
 # --- the live agent -------------------------------------------------------------------------
 
-class LiveAgent:
-    """`xenguest-agent run` in a network namespace with a veth as VIF 0, as systemd runs it."""
+def vif_frontend(devid: int, mac: str) -> Dict[str, str]:
+    """The frontend directory xenopsd writes for a VIF, ``device/vif/<devid>/`` in the
+    guest's home (xapi-project/xen-api ocaml/xenopsd/xc/device.ml, Vif.add: backend-id,
+    state, handle, mac, disconnect), with the state a connected netfront leaves there
+    (XenbusStateConnected, 4: xen/include/public/io/xenbus.h).  The agent reads ``mac``."""
+    return {"backend-id": "0", "state": "4", "handle": str(devid), "mac": mac,
+            "disconnect": "0"}
 
-    def __init__(self, xs: Xenstored, work: Path) -> None:
+
+class LiveAgent:
+    """`xenguest-agent run` as systemd starts it on a guest, default settings: in a network
+    namespace whose only NIC besides lo is v0, named VIF 0 by its MAC under device/vif/0 as
+    a PV guest's NIC is (the veth's other end lives in a namespace of its own)."""
+
+    def __init__(self, xs: Xenstored, agent: Packaged, work: Path) -> None:
         self.xs = xs
         self.ns = f"xga-bench-{os.getpid()}"
-        subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
-        ip(self.ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        ip(self.ns, "link", "set", "v0", "up")
-        config = work / "live.yaml"  # defaults, but for which interface is the VIF
-        config.write_text("network:\n  exclude: [lo, v1]\n  static_vifs: {v0: 0}\n")
+        self.peer_ns = f"{self.ns}-peer"
+        self.log = work / "live.log"
+        self.proc: "Optional[subprocess.Popen[bytes]]" = None
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(work / "notify"))
         self._pings, self._counted = 0, 0  # counted by a thread as systemd would: never full
+        try:
+            self._start(agent, work)
+        except BaseException:
+            log = self.log.read_text()[-3000:] if self.log.exists() else ""
+            self.close()
+            if log:
+                print(f"bench: the live agent's log:\n{log}", file=sys.stderr)
+            raise
+
+    def _start(self, agent: Packaged, work: Path) -> None:
+        xs = self.xs
+        for ns in (self.ns, self.peer_ns):
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        ip(self.ns, "link", "add", "v0", "address", VIF_MAC, "type", "veth",
+           "peer", "name", "v1", "netns", self.peer_ns)
+        ip(self.ns, "link", "set", "v0", "up")
+        ip(self.peer_ns, "link", "set", "v1", "up")
+        ip(self.ns, "addr", "add", f"{GUEST_ADDRESS}/24", "dev", "v0")
+        self.notify.bind(str(work / "notify"))
         threading.Thread(target=self._listen, daemon=True).start()
         env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify"), WATCHDOG_USEC=WATCHDOG_USEC)
         env.pop("WATCHDOG_PID", None)
         xs.restart()
+        for key, value in vif_frontend(0, VIF_MAC).items():
+            xs.write(f"{HOME}/device/vif/0/{key}", value)
         watcher = Watcher(xs.spec, f"{HOME}/data/updated")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m",
-                                      "xenguest_agent", "run", "--xenstore", xs.spec, "--config",
-                                      str(config), "--log-level", "warning"], cwd=REPO, env=env)
-        watcher.wait(lambda: watcher.store.read(f"{HOME}/data/updated") == "1", 30)
-        watcher.close()
-        self.pid = agent_pid(self.proc)
+        try:
+            with open(self.log, "ab") as output:
+                started = time.monotonic()
+                self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns,
+                                              str(agent.launcher), "run", "--xenstore", xs.spec],
+                                             cwd="/", env=env, stdout=output, stderr=output)
+            self.first_publish = watcher.wait(
+                lambda: watcher.store.read(f"{HOME}/data/updated") == "1", 30) - started
+        finally:
+            watcher.close()
+        self.pid = agent_pid(self.proc, agent.launcher)
+        vifs = xs.ls(f"{HOME}/attr/vif") if xs.exists(f"{HOME}/attr/vif") else []
+        if vifs != ["0"] or xs.read(f"{HOME}/attr/vif/0/ipv4/0") != GUEST_ADDRESS:
+            raise RuntimeError(
+                f"the agent did not publish v0 ({VIF_MAC}, {GUEST_ADDRESS}) as VIF 0 from "
+                f"device/vif/0/mac: attr/vif has {vifs}: {xs.dump(f'{HOME}/attr')}")
 
     def _listen(self) -> None:
         while True:
@@ -226,14 +367,16 @@ class LiveAgent:
         return count
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
         try:
             self.notify.shutdown(socket.SHUT_RDWR)  # wakes the listening thread
         except OSError:
             pass
         self.notify.close()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        for ns in (self.ns, self.peer_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def window(live: LiveAgent, seconds: float, churn: bool) -> Dict[str, float]:
@@ -265,6 +408,12 @@ def window(live: LiveAgent, seconds: float, churn: bool) -> Dict[str, float]:
             "swing_mib": (max(samples) - min(samples)) / 1024}
 
 
+def published_ipv4(store: XenStore) -> List[Optional[str]]:
+    """The addresses under attr/vif/0/ipv4/<slot> (slot 0 is the guest's own address)."""
+    base = f"{HOME}/attr/vif/0/ipv4"
+    return [store.read(f"{base}/{slot}") for slot in store.ls(base) or ()]
+
+
 def latency(live: LiveAgent, changes: int) -> List[float]:
     """ip addr add/del -> the key visible in xenstored (a dom0 watch sees it)."""
     watcher = Watcher(live.xs.spec, f"{HOME}/attr/vif/0")
@@ -272,12 +421,12 @@ def latency(live: LiveAgent, changes: int) -> List[float]:
     try:
         for i in range(changes):
             address = f"10.{90 + i // 250}.{i % 250}.1"
-            for action, expect in (("add", address), ("del", None)):
+            for action, present in (("add", True), ("del", False)):
                 watcher.changed.clear()
                 started = time.monotonic()
                 ip(live.ns, "addr", action, f"{address}/24", "dev", "v0")
-                done = watcher.wait(lambda e=expect: watcher.store.read(  # type: ignore[misc]
-                    f"{HOME}/attr/vif/0/ipv4/0") == e, 5)
+                done = watcher.wait(lambda a=address, p=present: (  # type: ignore[misc]
+                    a in published_ipv4(watcher.store)) == p, 5)
                 out.append(done - started)
     finally:
         watcher.close()
@@ -381,18 +530,20 @@ def bench(quick: bool) -> None:
         guest = GuestRoot(work / "guest")
         config = work / "config.yaml"
         config.write_text("log_level: info\n")
+        agent = Packaged(work / "package")
+        log = work / "startup.log"
         with Xenstored(work / "xs", shim=shim) as xs:
             runs = 3 if quick else 9
-            start_plain, rss_plain = startup(xs, guest, None, runs)
-            start_conf, rss_conf = startup(xs, guest, config, runs)
+            start_plain, mem_plain = startup(xs, agent, guest, None, runs, log)
+            start_conf, mem_conf = startup(xs, agent, guest, config, runs, log)
             wall, cpu = cycles(xs, guest, 100 if quick else 500)
             scale_wall, nodes = scale_case(xs, work, 10 if quick else 50)
 
-            live = LiveAgent(xs, work)
+            live = LiveAgent(xs, agent, work)
             try:
                 time.sleep(2.0)  # the start-up's own requests settle
                 idle = window(live, idle_s, churn=False)
-                rss_steady = rss_mib(live.pid)
+                steady = memory(live.pid)
                 busy = window(live, busy_s, churn=True)
                 lat = latency(live, 25 if quick else 50)
                 mig, missing = migration(live, 5 if quick else 20)
@@ -413,13 +564,16 @@ def bench(quick: bool) -> None:
          QUOTED["wakeups"]),
         ("  watchdog pings per idle minute (WatchdogSec=30s)", f"{idle['pings'] * minute:.1f}",
          "4", ""),
-        ("RSS steady (after the idle window; config file read)", f"{rss_steady:.1f} MiB",
+        ("RSS steady (VmRSS, after the idle window; no config file)", f"{steady.rss:.1f} MiB",
          "<= 12 MiB", QUOTED["rss"]),
-        ("RSS after start-up: no config file / with one (PyYAML)",
-         f"{rss_plain:.1f} / {rss_conf:.1f} MiB", "", ""),
+        ("  PSS / anonymous (smaps_rollup)", f"{steady.pss:.1f} / {steady.anon:.1f} MiB", "", ""),
+        ("RSS / PSS / anonymous after start-up, no config file", str(mem_plain), "", ""),
+        ("  with a config file (PyYAML)", str(mem_conf), "", ""),
         (f"exec -> last key of the first publish, no config file (median of {runs})",
          f"{start_plain * 1000:.0f} ms", "<= 70 ms", QUOTED["startup"]),
         ("  with a config file (PyYAML imported)", f"{start_conf * 1000:.0f} ms", "", ""),
+        ("  the live agent's start (one; through `ip netns exec`)",
+         f"{live.first_publish * 1000:.0f} ms", "", ""),
         (f"`ip addr add/del` -> key in xenstored, median ({len(lat)} changes)",
          f"{statistics.median(lat) * 1000:.0f} ms", "<= 60 ms", QUOTED["latency"]),
         ("  p95", f"{percentile(lat, 0.95) * 1000:.0f} ms", "", ""),
@@ -445,9 +599,14 @@ def bench(quick: bool) -> None:
         print(f"{name:<{width}}  {value:>16}  {target:<18}  {quoted}")
     with open("/proc/loadavg") as handle:
         load = handle.read().split()[:3]
-    print(f"\nmachine: {os.cpu_count()} CPUs, load {' '.join(load)}, Python "
-          f"{sys.version.split()[0]}, mode {'quick' if quick else 'full'}; idle figures "
-          f"extrapolated from a {idle_s:.0f} s window")
+    print(f"\nagent: as packaged, {agent.python} (Python {agent.version}) running "
+          f"packaging/launcher.in ({agent.shebang}) in front of a private module directory "
+          f"(the agent, vendored pyxs); default settings (start-up on a captured guest tree, "
+          f"the other rows live in a network namespace, VIF 0 named by its MAC)")
+    print(f"machine: {os.cpu_count()} CPUs, load {' '.join(load)}, mode "
+          f"{'quick' if quick else 'full'}; idle figures extrapolated from a {idle_s:.0f} s "
+          f"window; the collect+diff and 256-interface rows run in the bench's own Python "
+          f"{sys.version.split()[0]}")
 
 
 def main() -> None:

@@ -48,6 +48,16 @@ def run(argv: list, cwd: Optional[Path] = None) -> None:
         die(f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stdout[-4000:]}")
 
 
+#: The launcher's two placeholders; the deb's rules, the rpm spec and the port's Makefile fill
+#: them in with sed, and render_launcher does the same for the benchmark (benchmarks/bench.py).
+LAUNCHER = REPO / "packaging" / "launcher.in"
+
+
+def render_launcher(python: str, datadir: str) -> str:
+    """packaging/launcher.in with @PYTHON@ and @DATADIR@ replaced, as the packages install it."""
+    return LAUNCHER.read_text().replace("@PYTHON@", python).replace("@DATADIR@", datadir)
+
+
 def version() -> str:
     text = (REPO / "src" / "xenguest_agent" / "__init__.py").read_text()
     found = re.search(r'^__version__ = "([^"]+)"$', text, re.M)

@@ -81,6 +81,80 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     yield Built(dist)
 
 
+def load_build():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging/build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
+# --- the launcher (packaging/launcher.in, docs/packaging.md "The launcher") -------------------
+
+#: What the stand-in agent reports: the interpreter's flags, sys.path and whether code from the
+#: site directories ran.  Python's sys.flags documents isolated (-I) and no_site (-S).
+PROBE_CLI = """import json, sys
+import yaml
+def main():
+    print(json.dumps({"isolated": sys.flags.isolated, "no_site": sys.flags.no_site,
+                      "path": sys.path, "yaml": yaml.__file__, "modules": sorted(sys.modules)}))
+    return 0
+"""
+
+
+def run_launcher(tmp_path: Path, env: dict[str, str]) -> dict[str, object]:
+    """The launcher rendered as the packages render it (the same two substitutions as the sed
+    in packaging/debian/rules), in front of a private directory holding a stand-in agent."""
+    import json
+
+    datadir = tmp_path / "share" / "xenguest-agent"
+    (datadir / "xenguest_agent").mkdir(parents=True)
+    (datadir / "xenguest_agent" / "__init__.py").write_text("")
+    (datadir / "xenguest_agent" / "cli.py").write_text(PROBE_CLI)
+    launcher = tmp_path / "xenguest-agent"
+    launcher.write_text(load_build().render_launcher(DEBIAN_PYTHON, str(datadir)))
+    launcher.chmod(0o755)
+    done = subprocess.run([str(launcher)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report: dict[str, object] = json.loads(done.stdout)
+    assert report["path"][0] == str(datadir)  # type: ignore[index]  # the private directory first
+    return report
+
+
+def test_launcher_isolates_the_root_daemon_from_the_environment(tmp_path: Path) -> None:
+    # -I (Python's command-line docs): PYTHONPATH and the user's site directory are ignored
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    report = run_launcher(tmp_path, dict(os.environ, PYTHONPATH=str(elsewhere)))
+    assert report["isolated"] == 1
+    assert str(elsewhere) not in report["path"]  # type: ignore[operator]
+
+
+def test_launcher_runs_no_site_code_but_finds_the_distro_modules(tmp_path: Path) -> None:
+    """-S: site's main() never runs (CPython Lib/site.py ends with ``if not
+    sys.flags.no_site: main()``), so no .pth file in a site directory and no sitecustomize
+    runs code in the daemon; the launcher adds the directories site.getsitepackages() names,
+    which is where python3-yaml is.  Debian's python3-setuptools installs
+    distutils-precedence.pth in /usr/lib/python3/dist-packages, which imports _distutils_hack
+    whenever site processes it; Debian's python3.11 ships a sitecustomize (apport's hook)."""
+    pth = Path("/usr/lib/python3/dist-packages/distutils-precedence.pth")
+    assert pth.exists(), f"{pth} missing: python3-setuptools (.ci/install-deps.sh installs it)"
+    report = run_launcher(tmp_path, dict(os.environ))
+    assert report["no_site"] == 1
+    modules = report["modules"]
+    assert "_distutils_hack" not in modules and "sitecustomize" not in modules, modules  # type: ignore[operator]
+    path: list[str] = report["path"]  # type: ignore[assignment]
+    assert report["yaml"] == "/usr/lib/python3/dist-packages/yaml/__init__.py"
+    # Debian's site directories, in the order its site.py lists them, after the standard
+    # library (/usr/lib/python3.X), as site itself would have put them
+    version = tool(DEBIAN_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip()
+    sites = [d for d in (f"/usr/local/lib/python{version}/dist-packages",
+                         "/usr/lib/python3/dist-packages", f"/usr/lib/python{version}/dist-packages")
+             if os.path.isdir(d)]
+    assert [d for d in path if d in sites] == sites
+    assert path.index(sites[0]) > path.index(f"/usr/lib/python{version}")
+
+
 # --- rpm (packaging/rpm/xenguest-agent.spec, docs/packaging.md) -------------------------
 
 
@@ -151,6 +225,19 @@ def test_deb_installs_the_documented_files(built: Built) -> None:
                  "/etc/xenguest-agent/hooks",
                  "/usr/share/man/man8/xenguest-agent.8.gz"):  # dh_installman compresses
         assert path in files, path
+
+
+def test_deb_installs_the_launcher_the_benchmark_measures(built: Built) -> None:
+    # benchmarks/bench.py renders the launcher with build.render_launcher: it must be the
+    # very file the .deb installs as /usr/bin/xenguest-agent
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", built.deb], capture_output=True,
+                          check=True).stdout
+    import io
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("./usr/bin/xenguest-agent")
+        assert member is not None
+        installed = member.read().decode()
+    assert installed == load_build().render_launcher("/usr/bin/python3", "/usr/share/xenguest-agent")
 
 
 def test_deb_conffile_and_enabled_unit(built: Built, tmp_path: Path) -> None:
@@ -225,10 +312,7 @@ def test_port_plist_lists_every_module(built: Built) -> None:
 
 def test_port_distinfo_matches_the_distfiles(built: Built) -> None:
     # porting-handbook distinfo: "SHA256 (file) = hex" and "SIZE (file) = bytes" per distfile
-    spec = importlib.util.spec_from_file_location("xga_build", REPO / "packaging/build.py")
-    assert spec is not None and spec.loader is not None
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_build()
     pyxs = build.CACHE / f"pyxs-{build.PYXS_VERSION}.tar.gz"  # what the build vendored
     entries = re.findall(r"^(SHA256|SIZE) \(([^)]+)\) = (\S+)$",
                          (built.port / "distinfo").read_text(), re.M)
