@@ -35,6 +35,11 @@ FORBIDDEN = frozenset().union(
     {"textwrap", "pathlib", "subprocess", "asyncio", "email", "importlib.metadata"},
     # psutil (compiled, large) and PyYAML (only to read a configuration; there is none here)
     {"psutil", "yaml"},
+    # argparse and what it brings: cliargs.py reads the daemon's usual command line
+    {"argparse", "gettext", "locale"},
+    # static IP's parsing (ipaddress, shlex, uuid) comes with the first request (staticip/probe.py)
+    {"ipaddress", "shlex", "uuid", "xenguest_agent.staticip.setting",
+     "xenguest_agent.staticip.manager"},
 )
 
 
