@@ -17,7 +17,6 @@ from xenguest_agent import __version__, schema
 from xenguest_agent import log as logs
 from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
-from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
 from xenguest_agent.config import (
     FREEBSD_CONFIG_PATH,
@@ -29,7 +28,6 @@ from xenguest_agent.config import (
     ConfigError,
     load_config,
 )
-from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host, SubprocessRunner
 from xenguest_agent.log import get_logger
 
@@ -47,9 +45,38 @@ EX_CONFIG = os.EX_CONFIG
 EX_BROKEN_PIPE = 128 + 13
 
 
+def _terminal_columns() -> int:
+    """The width argparse's own formatter would find: ``COLUMNS`` when it is a positive
+    integer, else the terminal on ``sys.__stdout__``, else 80 (CPython's
+    ``shutil.get_terminal_size``, whose fallback is (80, 24))."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0
+    except (AttributeError, ValueError, OSError):  # closed, detached, or not a terminal
+        columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter with the width it would compute itself (the terminal's, less
+    2), found without importing :mod:`shutil`: argparse builds a formatter for every
+    ``add_argument``, and shutil would bring zlib, bz2, lzma and locale into the daemon."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xenguest-agent",
+        prog="xenguest-agent", formatter_class=_HelpFormatter,
         description="Xen guest agent: publishes guest facts to XenStore for XenServer/XCP-ng.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,11 +90,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="backend to use (default: the running OS)")
         sub.add_argument("--log-level", choices=LOG_LEVELS, help="override the configured log level")
 
-    show = commands.add_parser("show", help="print the keys and values that would be published")
+    show = commands.add_parser("show", formatter_class=_HelpFormatter,
+                               help="print the keys and values that would be published")
     common(show)
     show.add_argument("--format", choices=("text", "json"), default="text")
 
-    run = commands.add_parser("run", help="run the agent (publish to XenStore)")
+    run = commands.add_parser("run", formatter_class=_HelpFormatter,
+                              help="run the agent (publish to XenStore)")
     common(run)
     run.add_argument("--xenstore", metavar="SPEC",
                      help="device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
@@ -75,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="publish one full round and exit")
 
     status = commands.add_parser(
-        "status", help="what XenCenter and Xen Orchestra show for this guest, and why "
-                       "(exit 1 when something xapi needs is missing)")
+        "status", formatter_class=_HelpFormatter,
+        help="what XenCenter and Xen Orchestra show for this guest, and why "
+             "(exit 1 when something xapi needs is missing)")
     common(status)
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.add_argument("--xenstore", metavar="SPEC",
@@ -94,12 +124,16 @@ def _config_path(args: argparse.Namespace, os_name: str) -> str:
 
 def _backend(args: argparse.Namespace, os_name: str) -> Backend:
     host = Host(args.root)
-    if not host.is_live:  # a captured tree answers commands from its _commands/ (fixture.py)
-        host = Host(args.root, FixtureRunner(args.root))
-    # Linux trees capture `ip -json address` as a file; FreeBSD trees capture `ifconfig -a`,
-    # which the FreeBSD backend reads addresses from when given no address source.
-    addresses = None if host.is_live or os_name == "freebsd" else CapturedAddresses(host)
-    return select_backend(os_name, host, addresses)
+    if host.is_live:
+        return select_backend(os_name, host)
+    # a captured tree answers commands from its _commands/; Linux trees capture
+    # `ip -json address` as a file; FreeBSD trees capture `ifconfig -a`, which the FreeBSD
+    # backend reads addresses from when given no address source.  Only captured trees
+    # need these modules: the daemon does not import them.
+    from xenguest_agent.backends.addresses import CapturedAddresses
+    from xenguest_agent.fixture import FixtureRunner
+    host = Host(args.root, FixtureRunner(args.root))
+    return select_backend(os_name, host, None if os_name == "freebsd" else CapturedAddresses(host))
 
 
 def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
