@@ -1,6 +1,6 @@
 """The CLI's help, usage and error text are argparse's own, at argparse's own width.
 
-cli._HelpFormatter finds the width without importing shutil (which brings zlib, bz2, lzma
+cli._help_formatter finds the width without importing shutil (which brings zlib, bz2, lzma
 and locale into the daemon).  The source of truth is CPython itself: Lib/argparse.py
 HelpFormatter.__init__ takes ``shutil.get_terminal_size().columns - 2`` when no width is
 given, and Lib/shutil.py get_terminal_size uses COLUMNS when it is a positive integer, else
@@ -27,7 +27,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 OURS = "from xenguest_agent import cli\nraise SystemExit(cli.main({argv!r}))\n"
 STOCK = ("import argparse\nfrom xenguest_agent import cli\n"
-         "cli._HelpFormatter = argparse.HelpFormatter\nraise SystemExit(cli.main({argv!r}))\n")
+         "cli._help_formatter = lambda: argparse.HelpFormatter\nraise SystemExit(cli.main({argv!r}))\n")
 
 
 def _env(columns: Optional[str]) -> Dict[str, str]:

@@ -9,9 +9,9 @@ exits 141, as a command stopped by SIGPIPE.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from types import SimpleNamespace
 
 from xenguest_agent import __version__, schema
 from xenguest_agent import log as logs
@@ -33,7 +33,11 @@ from xenguest_agent.log import get_logger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Optional, Sequence
+    import argparse
+    from typing import Any, Optional, Sequence, Union
+
+    #: parsed arguments: argparse's, or the same attributes from _run_arguments
+    Args = Union[argparse.Namespace, SimpleNamespace]
 
 log = get_logger(__name__)
 
@@ -63,48 +67,67 @@ def _terminal_columns() -> int:
     return columns or 80
 
 
-class _HelpFormatter(argparse.HelpFormatter):
+def _help_formatter() -> type[argparse.HelpFormatter]:
     """argparse's formatter with the width it would compute itself (the terminal's, less
     2), found without importing :mod:`shutil`: argparse builds a formatter for every
-    ``add_argument``, and shutil would bring zlib, bz2, lzma and locale into the daemon."""
+    ``add_argument``, and shutil would bring zlib, bz2, lzma and locale along."""
+    import argparse
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: Optional[int] = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         _terminal_columns() - 2 if width is None else width)
+    class HelpFormatter(argparse.HelpFormatter):
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: Optional[int] = None) -> None:
+            super().__init__(prog, indent_increment, max_help_position,
+                             _terminal_columns() - 2 if width is None else width)
+
+    return HelpFormatter
+
+
+#: the options every command takes, as given to argparse's ``add_argument``
+_COMMON: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--root", {"default": "/", "metavar": "DIR",
+                "help": "read /proc, /sys, /etc... under DIR (a captured fixture tree)"}),
+    ("--config", {"metavar": "FILE",
+                  "help": f"YAML config (default {LINUX_CONFIG_PATH}; FreeBSD {FREEBSD_CONFIG_PATH})"}),
+    ("--os", {"choices": ("auto", "linux", "freebsd"), "default": "auto",
+              "help": "backend to use (default: the running OS)"}),
+    ("--log-level", {"choices": LOG_LEVELS, "help": "override the configured log level"}),
+)
+#: `run`'s own options
+_RUN: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--xenstore", {"metavar": "SPEC",
+                    "help": "device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
+                            "or unix:/path/to/xenstored/socket"}),
+    ("--once", {"action": "store_true", "help": "publish one full round and exit"}),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    formatter = _help_formatter()
     parser = argparse.ArgumentParser(
-        prog="xenguest-agent", formatter_class=_HelpFormatter,
+        prog="xenguest-agent", formatter_class=formatter,
         description="Xen guest agent: publishes guest facts to XenStore for XenServer/XCP-ng.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--root", default="/", metavar="DIR",
-                         help="read /proc, /sys, /etc... under DIR (a captured fixture tree)")
-        sub.add_argument("--config", metavar="FILE",
-                         help=f"YAML config (default {LINUX_CONFIG_PATH}; FreeBSD {FREEBSD_CONFIG_PATH})")
-        sub.add_argument("--os", choices=("auto", "linux", "freebsd"), default="auto",
-                         help="backend to use (default: the running OS)")
-        sub.add_argument("--log-level", choices=LOG_LEVELS, help="override the configured log level")
+        for name, spec in _COMMON:
+            sub.add_argument(name, **spec)
 
-    show = commands.add_parser("show", formatter_class=_HelpFormatter,
+    show = commands.add_parser("show", formatter_class=formatter,
                                help="print the keys and values that would be published")
     common(show)
     show.add_argument("--format", choices=("text", "json"), default="text")
 
-    run = commands.add_parser("run", formatter_class=_HelpFormatter,
+    run = commands.add_parser("run", formatter_class=formatter,
                               help="run the agent (publish to XenStore)")
     common(run)
-    run.add_argument("--xenstore", metavar="SPEC",
-                     help="device path (Linux /dev/xen/xenbus, FreeBSD /dev/xen/xenstore) "
-                          "or unix:/path/to/xenstored/socket")
-    run.add_argument("--once", action="store_true", help="publish one full round and exit")
+    for name, spec in _RUN:
+        run.add_argument(name, **spec)
 
     status = commands.add_parser(
-        "status", formatter_class=_HelpFormatter,
+        "status", formatter_class=formatter,
         help="what XenCenter and Xen Orchestra show for this guest, and why "
              "(exit 1 when something xapi needs is missing)")
     common(status)
@@ -114,15 +137,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_arguments(argv: Sequence[str]) -> Optional[Args]:
+    """What argparse returns for ``argv``, when ``argv`` is `run` with whole long options
+    (``--name value`` or ``--name=value``), each at most once, every value non-empty, not
+    starting with "-" and among the option's choices; None for anything else, which argparse
+    then parses (and answers with its own help, version or error).  The daemon's service
+    files start it this way, so the daemon does not import argparse (with gettext and locale).
+    """
+    if not argv or argv[0] != "run":
+        return None
+    options = dict(_COMMON + _RUN)
+    values: dict[str, object] = {"command": "run"}
+    for name, declared in options.items():
+        flag = declared.get("action") == "store_true"
+        values[name[2:].replace("-", "_")] = False if flag else declared.get("default")
+    seen = set()
+    rest = iter(argv[1:])
+    for arg in rest:
+        name, equals, value = arg.partition("=")
+        spec = options.get(name)
+        if spec is None or name in seen:
+            return None
+        seen.add(name)
+        if spec.get("action") == "store_true":
+            if equals:
+                return None
+            values[name[2:].replace("-", "_")] = True
+            continue
+        if not equals:
+            value = next(rest, "")
+        if not value or value.startswith("-") or value not in spec.get("choices", (value,)):
+            return None
+        values[name[2:].replace("-", "_")] = value
+    return SimpleNamespace(**values)
+
+
+def _arguments(argv: Optional[Sequence[str]]) -> Args:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    quick = _run_arguments(argv)
+    return quick if quick is not None else _parser().parse_args(argv)
+
+
 def _os_name(choice: str) -> str:
     return os.uname().sysname.lower() if choice == "auto" else choice
 
 
-def _config_path(args: argparse.Namespace, os_name: str) -> str:
+def _config_path(args: Args, os_name: str) -> str:
     return args.config or (FREEBSD_CONFIG_PATH if os_name == "freebsd" else LINUX_CONFIG_PATH)
 
 
-def _backend(args: argparse.Namespace, os_name: str) -> Backend:
+def _backend(args: Args, os_name: str) -> Backend:
     host = Host(args.root)
     if host.is_live:
         return select_backend(os_name, host)
@@ -136,7 +200,7 @@ def _backend(args: argparse.Namespace, os_name: str) -> Backend:
     return select_backend(os_name, host, None if os_name == "freebsd" else CapturedAddresses(host))
 
 
-def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
+def _show(args: Args, agent: Agent, xenstore: str) -> int:
     values = agent.render(agent.collect())
     values[schema.UPDATED_KEY] = UPDATED_VALUE
     ordered = dict(sorted(values.items()))
@@ -165,7 +229,7 @@ def _show(args: argparse.Namespace, agent: Agent, xenstore: str) -> int:
     return EX_OK
 
 
-def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
+def _run(args: Args, agent: Agent, config: Config, spec: str,
          backend: Backend) -> int:
     import time
 
@@ -249,7 +313,7 @@ def _run(args: argparse.Namespace, agent: Agent, config: Config, spec: str,
         store.close()
 
 
-def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
+def _status(args: Args, spec: str, os_name: str) -> int:
     from xenguest_agent import guestprobe, status
     from xenguest_agent.statefile import StateFile, state_path
     from xenguest_agent.xenstore import XenStore, XenStoreUnavailable
@@ -292,7 +356,7 @@ def _status(args: argparse.Namespace, spec: str, os_name: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(list(argv) if argv is not None else None)
+    args = _arguments(argv)
     os_name = _os_name(args.os)
     config_path = _config_path(args, os_name)
     try:
@@ -304,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _command(args, config, os_name)
 
 
-def _command(args: argparse.Namespace, config: Config, os_name: str) -> int:
+def _command(args: Args, config: Config, os_name: str) -> int:
     try:
         backend = _backend(args, os_name)
     except UnsupportedOS as exc:
