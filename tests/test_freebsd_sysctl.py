@@ -11,6 +11,7 @@ counts in vm_meter.c, uint64_t ZFS kstats, u_long dev.xen.balloon.* in balloon.c
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import errno
 import struct
 from pathlib import Path
@@ -110,6 +111,40 @@ def test_no_sysctlbyname_outside_freebsd() -> None:
     assert libc_sysctlbyname("linux") is None
     # glibc has no sysctlbyname: even told it is FreeBSD, the lookup finds nothing
     assert libc_sysctlbyname("freebsd14") is None
+
+
+class FakeLibrary:
+    """ctypes.CDLL as seen by libc_sysctlbyname: the main program (None) or a path."""
+    opened: List[Optional[str]] = []
+    exports: Dict[Optional[str], bool] = {}
+
+    def __init__(self, path: Optional[str], use_errno: bool = False) -> None:
+        assert use_errno  # errno is read after a failed call: ctypes must keep it
+        FakeLibrary.opened.append(path)
+        if FakeLibrary.exports.get(path):
+            self.sysctlbyname = lambda *args: 0
+
+
+@pytest.mark.parametrize("exports, found, opened", [
+    ({None: True}, True, [None]),                             # the main program's libc
+    ({None: False, "/lib/libc.so.7": True}, True, [None, "/lib/libc.so.7"]),
+    ({None: False, "/lib/libc.so.7": False}, False, [None, "/lib/libc.so.7"]),
+])
+def test_sysctlbyname_from_the_main_program_before_find_library(
+        monkeypatch: pytest.MonkeyPatch, exports: Dict[Optional[str], bool], found: bool,
+        opened: List[Optional[str]]) -> None:
+    """dlopen(NULL) reaches libc on FreeBSD (rtld-elf do_dlsym searches list_main for the main
+    program's handle), so find_library, which runs `ldconfig -r` in a child, is the
+    fallback only."""
+    FakeLibrary.opened, FakeLibrary.exports = [], exports
+    looked_up: List[str] = []
+    monkeypatch.setattr(ctypes, "CDLL", FakeLibrary)
+    monkeypatch.setattr(ctypes.util, "find_library",
+                        lambda name: looked_up.append(name) or "/lib/libc.so.7")
+    result = libc_sysctlbyname("freebsd14")
+    assert (result is not None) == found
+    assert FakeLibrary.opened == opened
+    assert looked_up == ([] if opened == [None] else ["c"])
 
 
 @pytest.mark.parametrize("tree", TREES)

@@ -1,5 +1,11 @@
 """The daemon's state file (xenguest_agent.statefile): atomic, rewritten only on change,
-bounded, and read tolerantly by ``status``."""
+bounded, and read tolerantly by ``status``.
+
+The daemon writes the JSON without the json module; the format is JSON as RFC 8259 defines it
+(section 7: strings, escapes, surrogate pairs), and the expected text of every case is what
+Python's own ``json.dumps(..., sort_keys=True, indent=1)`` writes, the layout the file had
+before, so files written by either version read the same.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from xenguest_agent.statefile import (
     MAX_REFUSED,
     MAX_TEXT,
     StateFile,
+    encode,
     state_path,
     wall_clock,
 )
@@ -123,3 +130,95 @@ def test_wall_clock_is_iso_utc_whole_seconds() -> None:
     stamp = wall_clock()
     parsed = datetime.datetime.fromisoformat(stamp)
     assert parsed.utcoffset() == datetime.timedelta(0) and parsed.microsecond == 0
+
+
+HOSTILE = ["", "plain", 'quote " and \\ backslash', "tab\tnl\nret\rbs\bff\f", "\x00\x01\x1f",
+           "del \x7f", "caf\u00e9", "\u2028\u2029", "\ud7ff\ue000\uffff", "\U0001f600 \U0010ffff",
+           "lone \udc80 surrogate", "/", "<>&'"]
+
+
+@pytest.mark.parametrize("value", [
+    None, True, False, 0, -1, 2**63, [], {}, [[]], *HOSTILE,
+    {"pid": 12, "refused": [["a", "EDQUOT"], ["b\u00ff", "c"]], "connected": False,
+     "version": None, "z": [], "a": {"n": [1, [2, {}]]}},
+    {key: 1 for key in ("b", "a", "\u00e9", "A", "_", "aa")},
+])
+def test_encode_writes_what_json_dumps_writes(value: object) -> None:
+    assert encode(value) == json.dumps(value, sort_keys=True, indent=1)
+    assert json.loads(encode(value)) == value
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_every_text_field_round_trips_in_ascii(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "state.json"
+    StateFile(str(path)).update(pid=7, version=text, xenstore=text, refused=[(text, text)],
+                                connected=True)
+    expected = {"pid": 7, "version": text, "xenstore": text, "refused": [[text, text]],
+                "connected": True}
+    assert path.read_bytes() == (json.dumps(expected, sort_keys=True, indent=1) + "\n").encode("ascii")
+    assert StateFile.read(str(path)) == expected
+
+
+def test_encode_refuses_other_types() -> None:
+    with pytest.raises(TypeError):
+        encode(1.5)
+    with pytest.raises(TypeError):
+        encode((1, 2))
+
+
+def test_a_file_from_the_previous_writer_reads_back(tmp_path: Path) -> None:
+    # the bytes the json-module writer (version 1.0.0) produced for a running daemon
+    path = tmp_path / "state.json"
+    path.write_bytes(b'{\n "connected": true,\n "last_publish": "2026-01-01T00:00:05+00:00",\n'
+                     b' "pid": 4242,\n "refused": [\n  [\n   "attr/vif/0/ipv4/0",\n   "EDQUOT"\n'
+                     b'  ]\n ],\n "started": "2026-01-01T00:00:00+00:00",\n "version": "1.0.0",\n'
+                     b' "xenstore": "/dev/xen/xenbus"\n}\n')
+    old = path.read_bytes()
+    assert StateFile.read(str(path)) == {
+        "connected": True, "last_publish": "2026-01-01T00:00:05+00:00", "pid": 4242,
+        "refused": [["attr/vif/0/ipv4/0", "EDQUOT"]], "started": "2026-01-01T00:00:00+00:00",
+        "version": "1.0.0", "xenstore": "/dev/xen/xenbus"}
+    # and the new writer, given the same facts, writes the same bytes
+    other = tmp_path / "new.json"
+    StateFile(str(other)).update(pid=4242, version="1.0.0", started="2026-01-01T00:00:00+00:00",
+                                 connected=True, xenstore="/dev/xen/xenbus",
+                                 refused=[("attr/vif/0/ipv4/0", errno.EDQUOT)],
+                                 last_publish="2026-01-01T00:00:05+00:00")
+    assert other.read_bytes() == old
+
+
+def test_a_temporary_left_by_a_dead_writer_with_our_pid_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    stale = tmp_path / f".state.{os.getpid()}.tmp"
+    stale.write_text("half a file")
+    assert StateFile(str(path)).update(pid=1) is True
+    assert StateFile.read(str(path)) == {"pid": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    os.chmod(victim, 0o600)
+    (tmp_path / f".state.{os.getpid()}.tmp").symlink_to(victim)
+    path = tmp_path / "state.json"
+    assert StateFile(str(path)).update(pid=1) is True
+    assert victim.read_text() == "keep me" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not path.is_symlink() and StateFile.read(str(path)) == {"pid": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "victim"]
+
+
+def test_a_temporary_name_that_cannot_be_replaced_raises_and_writes_nothing(tmp_path: Path) -> None:
+    # unlink(2) refuses a directory (EISDIR on Linux, EPERM on FreeBSD): the writer must
+    # raise (the daemon logs it) rather than loop or write elsewhere
+    (tmp_path / f".state.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(OSError):
+        StateFile(str(tmp_path / "state.json")).update(pid=1)
+    assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.parametrize("at", [0.0, 1.0, 59.999, 951782400.5, 1767225599.9999, 4102444800.0])
+def test_wall_clock_is_what_datetime_writes(at: float) -> None:
+    """RFC 3339 date-time in UTC with whole seconds: datetime's isoformat is the reference."""
+    expected = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+    assert wall_clock(at) == expected

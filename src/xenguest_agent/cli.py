@@ -16,9 +16,8 @@ from xenguest_agent import __version__, schema
 from xenguest_agent import log as logs
 from xenguest_agent.agent import UPDATED_VALUE, Agent
 from xenguest_agent.backends import UnsupportedOS, select_backend
-from xenguest_agent.backends.addresses import CapturedAddresses
 from xenguest_agent.backends.base import Backend
-from xenguest_agent.cliargs import parse_run
+from xenguest_agent.cliargs import OS_CHOICES, parse_run
 from xenguest_agent.config import (
     FREEBSD_CONFIG_PATH,
     FREEBSD_HOOKS_DIR,
@@ -29,7 +28,6 @@ from xenguest_agent.config import (
     ConfigError,
     load_config,
 )
-from xenguest_agent.fixture import FixtureRunner
 from xenguest_agent.host import Host, SubprocessRunner
 from xenguest_agent.log import get_logger
 
@@ -66,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="read /proc, /sys, /etc... under DIR (a captured fixture tree)")
         sub.add_argument("--config", metavar="FILE",
                          help=f"YAML config (default {LINUX_CONFIG_PATH}; FreeBSD {FREEBSD_CONFIG_PATH})")
-        sub.add_argument("--os", choices=("auto", "linux", "freebsd"), default="auto",
+        sub.add_argument("--os", choices=OS_CHOICES, default="auto",
                          help="backend to use (default: the running OS)")
         sub.add_argument("--log-level", choices=LOG_LEVELS, help="override the configured log level")
 
@@ -101,12 +99,16 @@ def _config_path(args: Args, os_name: str) -> str:
 
 def _backend(args: Args, os_name: str) -> Backend:
     host = Host(args.root)
-    if not host.is_live:  # a captured tree answers commands from its _commands/ (fixture.py)
-        host = Host(args.root, FixtureRunner(args.root))
-    # Linux trees capture `ip -json address` as a file; FreeBSD trees capture `ifconfig -a`,
-    # which the FreeBSD backend reads addresses from when given no address source.
-    addresses = None if host.is_live or os_name == "freebsd" else CapturedAddresses(host)
-    return select_backend(os_name, host, addresses)
+    if host.is_live:
+        return select_backend(os_name, host)
+    # a captured tree answers commands from its _commands/; Linux trees capture
+    # `ip -json address` as a file; FreeBSD trees capture `ifconfig -a`, which the FreeBSD
+    # backend reads addresses from when given no address source.  Only captured trees
+    # need these modules: the daemon does not import them.
+    from xenguest_agent.backends.addresses import CapturedAddresses
+    from xenguest_agent.fixture import FixtureRunner
+    host = Host(args.root, FixtureRunner(args.root))
+    return select_backend(os_name, host, None if os_name == "freebsd" else CapturedAddresses(host))
 
 
 def _show(args: Args, agent: Agent, xenstore: str) -> int:

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from xenguest_agent.config import LOG_LEVELS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Optional, Sequence, Tuple
 
+#: ``--os``: the backends there are, or the running OS (cli.py gives argparse the same)
+OS_CHOICES = ("auto", "linux", "freebsd")
 #: ``run``'s options that take a value: name -> (attribute, allowed values or None for any)
 _VALUED: Dict[str, Tuple[str, Optional[Tuple[str, ...]]]] = {
     "--root": ("root", None),
     "--config": ("config", None),
-    "--os": ("os", ("auto", "linux", "freebsd")),
-    "--log-level": ("log_level", ("debug", "info", "warning", "error")),
+    "--os": ("os", OS_CHOICES),
+    "--log-level": ("log_level", LOG_LEVELS),
     "--xenstore": ("xenstore", None),
 }
 _DEFAULTS = {"command": "run", "root": "/", "config": None, "os": "auto", "log_level": None,

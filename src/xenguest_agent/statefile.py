@@ -11,15 +11,18 @@ writes nothing), atomically (a temporary file in the same directory, then ``rena
 reader sees the old or the new file, never half of one), mode 0644 in a 0755 directory, and
 bounded: at most :data:`MAX_REFUSED` refusals, each path and value cut to
 :data:`MAX_TEXT`.  Reading tolerates a missing, unreadable, oversized or garbled file.
+
+The daemon writes the JSON itself (:func:`encode`: the few types the fields have, the text
+``json.dumps(sort_keys=True, indent=1)`` gives) and names its temporary file after its pid,
+so that it imports neither :mod:`json` nor :mod:`tempfile` (with :mod:`random` and
+:mod:`shutil`); only ``status`` parses the file, with :mod:`json`.
 """
 
 from __future__ import annotations
 
-import datetime
 import errno
-import json
 import os
-import tempfile
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,9 +44,60 @@ def state_path(os_name: str) -> str:
     return FREEBSD_STATE_PATH if os_name == "freebsd" else LINUX_STATE_PATH
 
 
-def wall_clock() -> str:
-    """Now, as the file's times are written: ISO 8601, UTC, whole seconds."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def wall_clock(at: float | None = None) -> str:
+    """Now (or the POSIX time ``at``) as the file's times are written: ISO 8601 / RFC 3339,
+    UTC, whole seconds, e.g. ``2026-01-01T00:00:00+00:00``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                         time.gmtime(time.time() if at is None else at))
+
+
+#: JSON string escapes (RFC 8259 section 7) that have a short form
+_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                  "\b": "\\b", "\f": "\\f"}
+
+
+def _string(text: str) -> str:
+    """A JSON string in ASCII: printable ASCII as is, the rest escaped (RFC 8259 section 7;
+    characters beyond the Basic Multilingual Plane as a UTF-16 surrogate pair)."""
+    out = []
+    for char in text:
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif " " <= char <= "~":
+            out.append(char)
+        else:
+            code = ord(char)
+            if code > 0xFFFF:
+                code -= 0x10000
+                out.append("\\u%04x\\u%04x" % (0xD800 | code >> 10, 0xDC00 | code & 0x3FF))
+            else:
+                out.append("\\u%04x" % code)
+    return '"' + "".join(out) + '"'
+
+
+def encode(value: Any, indent: str = "") -> str:
+    """``value`` (None, bool, int, str, a list or a dict with str keys, nested) as JSON, laid
+    out as ``json.dumps(value, sort_keys=True, indent=1)`` lays it out."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return _string(value)
+    inner = indent + " "
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        items = [inner + encode(item, inner) for item in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        members = [inner + _string(key) + ": " + encode(value[key], inner) for key in sorted(value)]
+        return "{\n" + ",\n".join(members) + "\n" + indent + "}"
+    raise TypeError(f"not a state value: {type(value).__name__}")
 
 
 def _text(value: object) -> str:
@@ -81,7 +135,7 @@ class StateFile:
             raise TypeError(f"unknown state field(s): {', '.join(unknown)}")
         for name, value in fields.items():
             self._fields[name] = _normal(name, value)
-        content = (json.dumps(self._fields, sort_keys=True, indent=1) + "\n").encode("ascii")
+        content = (encode(self._fields) + "\n").encode("ascii")
         if content == self._written and os.path.exists(self.path):
             return False
         self._write(content)
@@ -93,11 +147,23 @@ class StateFile:
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755, exist_ok=True)
             os.chmod(directory, 0o755)  # whatever the umask (root's, as the daemon runs)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=directory)
+        # one writer per pid: a name left by an earlier process with this pid (it died between
+        # open and rename) is removed; O_EXCL|O_NOFOLLOW never write through a planted link
+        tmp = os.path.join(directory, f".state.{os.getpid()}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                os.fchmod(handle.fileno(), 0o644)
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            os.unlink(tmp)
+            fd = os.open(tmp, flags, 0o600)
+        try:
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
             os.rename(tmp, self.path)
         except BaseException:
             try:
@@ -117,6 +183,8 @@ class StateFile:
             return None
         if len(data) > MAX_FILE_BYTES:
             return None
+        import json  # only `status` reads the file: the daemon does not import json
+
         try:
             loaded = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):

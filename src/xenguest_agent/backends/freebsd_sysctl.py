@@ -21,7 +21,6 @@ stand-in for the C function.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -87,13 +86,20 @@ def libc_sysctlbyname(platform: str = sys.platform) -> Optional[SysctlByName]:
     the caller keeps the ``sysctl`` command."""
     if not platform.startswith("freebsd"):
         return None
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return None
-    libc = ctypes.CDLL(path, use_errno=True)
-    function = getattr(libc, "sysctlbyname", None)
+    # dlopen(NULL) is the main program, and rtld-elf's dlsym searches it and every library it
+    # loaded at start-up, libc among them (libexec/rtld-elf/rtld.c, do_dlsym: obj->mainprog,
+    # list_main).  Only if that fails, ctypes.util.find_library: it runs `ldconfig -r` in a
+    # child and imports subprocess and shutil.
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sysctlbyname", None)
     if function is None:
-        return None
+        from ctypes.util import find_library
+
+        path = find_library("c")
+        if path is None:
+            return None
+        function = getattr(ctypes.CDLL(path, use_errno=True), "sysctlbyname", None)
+        if function is None:
+            return None
     function.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
                          ctypes.c_void_p, ctypes.c_size_t]
     function.restype = ctypes.c_int
