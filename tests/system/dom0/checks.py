@@ -704,6 +704,24 @@ class Scenario:
         return time.monotonic() - t0, "key back %.2fs after `systemctl reload`; journal: SIGHUP republish " \
             "(%s -> %s), same pid %s" % (secs, before[0], after[0], after[1])
 
+    def journal_priorities(self):
+        """The agent's lines reach the journal with their syslog priority: systemd sets
+        JOURNAL_STREAM to stderr's device:inode (systemd.exec(5)), the agent then starts each
+        line with an sd-daemon(3) prefix (``<6>`` info), and journald turns that prefix into the
+        entry's PRIORITY and strips it.  So the start line is found at info and not at warning,
+        and no message still begins with a ``<N>`` prefix."""
+        g = self.g
+        t0 = time.monotonic()
+        unit = "journalctl -u xenguest-agent.service --no-pager -o cat"
+        _, out = g.cmd("%s -p info..info | grep -c ' starting: '; %s -p warning | grep -c "
+                       "' starting: '; %s | grep -c '^<[0-7]>'; true" % (unit, unit, unit))
+        counts = [int(n) for n in out.split()[:3]]
+        if len(counts) != 3 or counts[0] < 1 or counts[1] != 0 or counts[2] != 0:
+            raise Fail("start lines at info / at warning / messages with a <N> prefix left: %s"
+                       % (counts,))
+        return time.monotonic() - t0, "start line at PRIORITY=6 (%d), none at warning, no prefix " \
+            "left in any message" % counts[0]
+
     def plain_stop(self):
         """`systemctl stop` outside a shutdown runs no shutdown hook; `start` brings the tree back."""
         g = self.g
@@ -1085,6 +1103,7 @@ class Scenario:
         self.step("status = dom0's xapi model", self.status_vs_model)
         self.step("vCPU hot-plug 1 -> 2 -> 1", self.vcpu_hotplug)
         self.step("systemctl reload republishes", self.reload)
+        self.step("journal: lines carry their priority", self.journal_priorities)
         self.step("systemctl stop: no shutdown hook", self.plain_stop)
         self.step("address add/remove", self.address_change)
         if self.step("xl save + restore", self.save_restore):
