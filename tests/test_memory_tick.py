@@ -78,16 +78,17 @@ def test_the_defaults_are_the_documented_rule():
 
 
 def test_the_tick_rides_on_the_watchdog_ping():
-    """systemd/xenguest-agent.service has WatchdogSec=30s, so the notifier's interval is
-    15 s (sd_watchdog_enabled(3): half the timeout).  systemd's own event loop pings
+    """systemd/xenguest-agent.service has WatchdogSec=45s, so the notifier's interval is
+    22.5 s (sd_watchdog_enabled(3): half the timeout).  systemd's own event loop pings
     between 1/2 and 3/4 of the period and never sooner than 1/4 (systemd
     src/libsystemd/sd-event/sd-event.c, ``arm_watchdog``, ``process_watchdog``):
-    7.5 s to 22.5 s here, and the 20 s memory check falls inside, carrying the ping."""
-    assert ping_window(15.0) == (7.5, 22.5)
-    assert tick_interval(None) == MEMORY_CHECK == 20.0
-    assert tick_interval(15.0) == 20.0      # the unit's watchdog: one wake-up serves both
-    assert tick_interval(5.0) == 7.5        # a shorter watchdog: the checks follow its pings
-    assert tick_interval(300.0) == 20.0     # a longer one: pinged from the ticks (daemon._loop)
+    11.25 s to 33.75 s here, and the 30 s memory check falls inside, carrying the ping."""
+    assert ping_window(22.5) == (11.25, 33.75)
+    assert tick_interval(None) == MEMORY_CHECK == 30.0
+    assert tick_interval(22.5) == 30.0      # the unit's watchdog: one wake-up serves both
+    assert tick_interval(15.0) == 22.5      # a shorter watchdog (30 s): the checks follow its pings
+    assert tick_interval(5.0) == 7.5
+    assert tick_interval(300.0) == 30.0     # a longer one: pinged from the ticks (daemon._loop)
 
 
 class QuietNet:

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 #: How often memory is checked (with a network event source).  The systemd
-#: watchdog ping rides on the same wake-up: three wake-ups a minute while idle.
-MEMORY_CHECK = 20.0
+#: watchdog ping rides on the same wake-up: two wake-ups a minute while idle.
+MEMORY_CHECK = 30.0
 
 
 def ping_window(ping: float) -> Tuple[float, float]:
@@ -21,8 +21,8 @@ def ping_window(ping: float) -> Tuple[float, float]:
     interval (half of WATCHDOG_USEC): like systemd's own event loop (systemd
     src/libsystemd/sd-event/sd-event.c, ``arm_watchdog``: between 1/2 and 3/4 of the
     period, at a time that coalesces with other wake-ups; ``process_watchdog``: never
-    sooner than 1/4 of it).  With WatchdogSec=30s in systemd/xenguest-agent.service:
-    7.5 s and 22.5 s."""
+    sooner than 1/4 of it).  With WatchdogSec=45s in systemd/xenguest-agent.service:
+    11.25 s and 33.75 s."""
     return ping / 2, ping * 1.5
 
 

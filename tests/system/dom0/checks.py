@@ -914,7 +914,7 @@ class Scenario:
                 t_on, t_xl, t_off, avail, after.get("MainPID"), log.strip())
 
     def watchdog(self):
-        """SIGSTOP the agent's main process: no WATCHDOG=1 comes, systemd's WatchdogSec=30s kills
+        """SIGSTOP the agent's main process: no WATCHDOG=1 comes, systemd's WatchdogSec=45s kills
         it (SIGABRT), Restart=on-failure starts a new one (issue 9: a wedged loop is restarted)."""
         g = self.g
         before = self.unit_props()
