@@ -34,7 +34,9 @@ watched, and the chain is re-resolved after every change.
   - F_NOTIFY fails with EINVAL on a kernel without CONFIG_DNOTIFY
     (include/linux/dnotify.h) or with ``fs.dir-notify-enable`` at 0: the sweep covers
     the files then.  Events come from this kernel's VFS, so a change made by another
-    machine on a network filesystem is not seen either.
+    machine on a network filesystem is not seen either.  Only a directory's entries
+    report: a watched directory renamed away whole is left to the sweep (one removed
+    reports its entries' unlinking, and one made again at its path is reopened).
   - signal.signal works only in the main thread: elsewhere the directories are not
     watched (logged), and the host name still is.
 
