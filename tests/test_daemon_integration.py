@@ -1,5 +1,5 @@
 """The daemon with everything wired, on the real xenstored: what it published is kept
-true without polling (issue 9 item 10), file changes arrive by inotify (item 13), and
+true without polling (issue 9 item 10), file changes arrive as dnotify events (item 13), and
 systemd hears READY, WATCHDOG and STOPPING from the loop itself.
 
 Intervals are set far beyond the waits (poll_interval 600 s), so only an event can
@@ -111,7 +111,7 @@ def test_own_writes_are_not_taken_for_foreign_ones(quiet_agent, xenstored):
     assert "RM" not in [op for op, _ in third]  # nothing of ours was stale
 
 
-def test_os_release_and_host_name_changes_arrive_by_inotify(quiet_agent, xenstored):
+def test_os_release_and_host_name_changes_arrive_by_file_events(quiet_agent, xenstored):
     """Issue 9 item 13: with network events on, an OS or host name change waited for the
     300 s sweep.  os-release replaced by rename (as package managers do) and the host
     name file rewritten reach XenStore by file events alone (poll_interval is 600 s)."""

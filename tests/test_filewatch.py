@@ -1,21 +1,32 @@
-"""File-change events with the real kernel: inotify(7) on a temporary guest tree, and
-poll(2) on the real /proc/sys/kernel/hostname inside a new UTS namespace.
+"""File-change events with the real kernel: dnotify (real SIGIO signals) on a temporary
+guest tree, and poll(2) on the real /proc/sys/kernel/hostname inside a new UTS namespace.
 
-What is expected comes from the kernel: renames into a watched directory are
-IN_MOVED_TO, a write ends with IN_CLOSE_WRITE (inotify(7)); sethostname(2) calls
-uts_proc_notify (kernel/utsname_sysctl.c) and proc_sys_poll (fs/proc/proc_sysctl.c)
-then reports POLLERR|POLLPRI to every open file of the sysctl.
+What is expected comes from the kernel (torvalds/linux): fs/notify/dnotify/dnotify.c
+``convert_arg`` maps a rename into a watched directory to DN_CREATE (FS_MOVED_TO), a
+write to DN_MODIFY (FS_MODIFY), chmod to DN_ATTRIB; ``dnotify_handle_event`` sends the
+signal with ``send_sigio`` from inside the writer's own system call, so in a
+single-threaded process a SIGIO is pending (or delivered) by the time that call returns;
+closing the directory's descriptor removes the registration (fs/open.c ``filp_flush`` ->
+``dnotify_flush``).  sethostname(2) calls uts_proc_notify (kernel/utsname_sysctl.c) and
+proc_sys_poll (fs/proc/proc_sysctl.c) then reports POLLERR|POLLPRI to every open file of
+the sysctl.
 """
 
+import errno
+import fcntl
 import os
 import select
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
+from xenguest_agent import filewatch
 from xenguest_agent.filewatch import (
     FileWatch,
     changed_collectors,
@@ -158,6 +169,221 @@ def test_link_loops_end(tmp_path):
     (tmp_path / "b").symlink_to("a")
     assert resolve(str(tmp_path), "/a/x") is None
     assert plan(Host(str(tmp_path)), {"os": ("/a/x",)}) == {}
+
+
+# --- Linux: dnotify, its signal and its pipe ----------------------------------------------------
+
+def run_script(script, *args):
+    """PRELUDE and ``script`` in a fresh interpreter (-I, as the packaged daemon runs),
+    single-threaded, with SIGIO at its default action (which ends the process, signal(7));
+    its stdout."""
+    code = textwrap.dedent(PRELUDE) + textwrap.dedent(script)
+    done = subprocess.run([sys.executable, "-I", "-c", code, *map(str, args)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+PRELUDE = """
+    import fcntl, os, select, signal, sys
+    from xenguest_agent.filewatch import FileWatch
+    from xenguest_agent.host import Host
+
+    root = sys.argv[1]
+
+    def changes(watch):
+        poller = select.poll()
+        for fd, mask in watch.fds():
+            poller.register(fd, mask)
+        ready = poller.poll(10000)
+        assert ready, "no event within the guard timeout"
+        out = set()
+        for fd, _ in ready:
+            out |= watch.handle(fd)
+        return out
+
+    def write(path, text):
+        with open(os.path.join(root, path), "w") as f:
+            f.write(text)
+"""
+
+
+def test_the_linux_watch_imports_no_ctypes(tree):
+    """Issue 14: ctypes (with _ctypes and libffi) was the file watch's only reason to load
+    on Linux (inotify through libc); dnotify needs the fcntl module alone."""
+    out = run_script("""
+        watch = FileWatch(Host(root), "linux")
+        assert watch.start()
+        write("etc/os-release", "ID=debian\\n")
+        assert changes(watch) == {"os"}
+        watch.close()
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")))
+    """, tree)
+    assert out.strip() == "[]"
+
+
+def test_changes_arrive_as_sigio_through_a_pipe(watch, tree):
+    """The descriptor polled is the watch's own pipe, written by its SIGIO handler (not an
+    inotify descriptor); a rename over a plain resolv.conf (DN_CREATE: FS_MOVED_TO), a
+    write to os-release (DN_MODIFY) and a chmod (DN_ATTRIB) each come through it."""
+    (fd, mask), = watch.fds()  # the tree has no /proc/sys/kernel/hostname
+    assert mask == select.POLLIN and stat.S_ISFIFO(os.fstat(fd).st_mode)
+    assert signal.getsignal(signal.SIGIO) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    replace(tree / "etc/resolv.conf", "nameserver 10.1.1.1\n")  # the link becomes a file
+    assert changes(watch) == {"names"}
+    replace(tree / "etc/resolv.conf", "nameserver 10.1.1.2\n")  # and is replaced again
+    assert changes(watch) == {"names"}
+    with open(tree / "etc/os-release", "a") as f:
+        f.write('VARIANT="test"\n')
+    assert changes(watch) == {"os"}
+    os.chmod(tree / "etc/os-release", 0o600)
+    assert changes(watch) == {"os"}
+
+
+def test_a_change_to_an_unwatched_entry_wakes_but_reports_nothing(watch, tree):
+    # dnotify names no entry: the signal comes, the signatures say nothing we read changed
+    (tree / "etc/hosts").write_text("127.0.0.1 localhost changed\n")
+    assert changes(watch) == set()
+    (tree / "etc/os-release").write_text("ID=debian\n")  # and the watch still works
+    assert changes(watch) == {"os"}
+
+
+def test_a_directory_recreated_at_its_path_is_watched_again(watch, tree):
+    """systemd-resolved's runtime directory removed and made again (a restart): the new
+    directory is a new inode, so the old descriptor would watch nothing."""
+    resolve = tree / "run/systemd/resolve"
+    shutil.rmtree(resolve)  # unlinking stub-resolv.conf signals (DN_DELETE)
+    write(resolve / "stub-resolv.conf", "nameserver 127.0.0.53\n")
+    assert changes(watch) == {"names"}
+    replace(resolve / "stub-resolv.conf", "nameserver 10.0.0.9\n")
+    assert changes(watch) == {"names"}
+
+
+def test_a_burst_of_signals_fills_no_pipe_and_wedges_nothing(tree):
+    """Thousands of changes in a watched directory, one SIGIO each: the handler's pipe
+    (shrunk to one page here, F_SETPIPE_SZ) fills, the extra bytes are dropped without
+    blocking the handler, and one handle() reports the change and empties it."""
+    out = run_script("""
+        watch = FileWatch(Host(root), "linux")
+        assert watch.start()
+        (fd, _mask), = watch.fds()
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)
+        for i in range(5000):
+            write("etc/hosts", f"127.0.0.1 localhost h{i}\\n")  # truncate + write: 2 signals
+        write("etc/os-release", "ID=debian\\nVERSION_ID=13\\n")
+        import struct, termios
+        pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"0000"))[0]
+        assert pending == 4096, pending  # full
+        assert changes(watch) == {"os"}
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == [], "the pipe was not emptied"
+        write("etc/debian_version", "13.0\\n")
+        assert changes(watch) == {"os"}
+        watch.close()
+        print("ok")
+    """, tree)
+    assert out.strip() == "ok"
+
+
+def test_close_gives_sigio_back_and_no_signal_follows(tree):
+    """SIGIO's default action ends the process: after close() no directory may still be
+    armed, a SIGIO pending at close() is taken by it, and the previous handler is back
+    (the default one, then a handler of the caller's, which hears every SIGIO meanwhile)."""
+    out = run_script("""
+        SIGIO = signal.SIGIO
+        assert signal.getsignal(SIGIO) == signal.SIG_DFL
+        watch = FileWatch(Host(root), "linux")
+        assert watch.start()
+        write("etc/os-release", "ID=debian\\n")
+        assert changes(watch) == {"os"}
+        # a signal sent before close() and still pending when it runs
+        signal.pthread_sigmask(signal.SIG_BLOCK, {SIGIO})
+        write("etc/os-release", "ID=debian\\nVERSION_ID=13\\n")
+        assert SIGIO in signal.sigpending()
+        watch.close()
+        assert signal.getsignal(SIGIO) == signal.SIG_DFL
+        assert SIGIO not in signal.sigpending(), "left pending for the default action"
+        # every watched directory changes again: no signal (it would be pending by now)
+        write("etc/os-release", "ID=debian\\n")
+        write("etc/hosts", "127.0.0.1 localhost again\\n")
+        write("run/systemd/resolve/stub-resolv.conf", "nameserver 10.0.0.7\\n")
+        assert SIGIO not in signal.sigpending(), "a directory is still armed"
+        # (and the check sees one when there is one: a directory armed by hand)
+        fd = os.open(os.path.join(root, "etc"), os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.fcntl(fd, fcntl.F_NOTIFY, fcntl.DN_MODIFY)
+        write("etc/hosts", "127.0.0.1 localhost control\\n")
+        assert SIGIO in signal.sigpending()
+        os.close(fd)
+        signal.sigtimedwait({SIGIO}, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {SIGIO})
+
+        heard = []
+        def mine(signum, frame):
+            heard.append(signum)
+        signal.signal(SIGIO, mine)
+        watch = FileWatch(Host(root), "linux")
+        assert watch.start()
+        write("etc/os-release", "ID=debian\\nVERSION_ID=14\\n")
+        assert changes(watch) == {"os"}
+        assert heard, "the previous handler did not hear SIGIO"
+        watch.close()
+        assert signal.getsignal(SIGIO) == mine
+        print("ok")
+    """, tree)
+    assert out.strip() == "ok"
+
+
+def test_outside_the_main_thread_directories_are_not_watched(tree):
+    """signal.signal works in the main thread only: start() there is refused, SIGIO is left
+    alone and nothing leaks (the tree has no hostname file to watch instead)."""
+    before = set(os.listdir("/proc/self/fd"))
+    handler = signal.getsignal(signal.SIGIO)
+    result = {}
+
+    def run():
+        watch = FileWatch(Host(str(tree)), "linux")
+        result["started"], result["fds"] = watch.start(), watch.fds()
+        watch.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert result == {"started": False, "fds": []}
+    assert signal.getsignal(signal.SIGIO) == handler
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_without_dnotify_the_sweep_covers_and_nothing_leaks(tree, monkeypatch, caplog):
+    """A kernel without CONFIG_DNOTIFY answers F_NOTIFY with EINVAL (include/linux/dnotify.h),
+    as does fs.dir-notify-enable=0 (fs/notify/dnotify/dnotify.c): refused, said once, SIGIO
+    given back.  (The seam: fcntl.fcntl, which this machine's kernel would not fail.)"""
+    def no_dnotify(fd, cmd, arg=0):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(filewatch.fcntl, "fcntl", no_dnotify)
+    before = set(os.listdir("/proc/self/fd"))
+    handler = signal.getsignal(signal.SIGIO)
+    watch = FileWatch(Host(str(tree)), "linux")
+    with caplog.at_level("INFO"):
+        assert watch.start() is False
+    assert watch.fds() == []
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
+        "directory change events unavailable ([Errno 22] Invalid argument): the sweep covers "
+        "os-release and resolv.conf"]
+    assert signal.getsignal(signal.SIGIO) == handler
+    watch.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_dnotify_constants_match_the_system_headers():
+    # filewatch spells them out (it is imported on FreeBSD too); Python's fcntl module takes
+    # them from <fcntl.h> (include/uapi/linux/fcntl.h)
+    assert filewatch.F_NOTIFY == fcntl.F_NOTIFY
+    assert (filewatch.DN_MODIFY, filewatch.DN_CREATE, filewatch.DN_DELETE, filewatch.DN_RENAME,
+            filewatch.DN_ATTRIB) == (fcntl.DN_MODIFY, fcntl.DN_CREATE, fcntl.DN_DELETE,
+                                     fcntl.DN_RENAME, fcntl.DN_ATTRIB)
+    assert filewatch.DN_MULTISHOT == fcntl.DN_MULTISHOT & 0xFFFFFFFF
 
 
 # --- FreeBSD: the parts that do not need kqueue ----------------------------------------------

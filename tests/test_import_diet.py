@@ -44,6 +44,9 @@ FORBIDDEN = frozenset().union(
     # nothing brings shutil (with zlib, bz2, lzma) or random.  (json is not here: this test's
     # captured --root tree is read through fixture.py, which needs it; a live guest doesn't.)
     {"tempfile", "datetime", "shutil", "zlib", "bz2", "lzma", "random"},
+    # ctypes (with _ctypes and libffi): the Linux file watch uses dnotify through the fcntl
+    # module (filewatch.py), not inotify through libc; only FreeBSD's sysctlbyname needs it
+    {"ctypes", "_ctypes"},
 )
 
 

@@ -2,39 +2,73 @@
 
 With network events on, the daemon otherwise learns of these only at its safety sweep
 (minutes).  This module tells it within the poll loop's next wake-up, with no polling
-and no XenStore traffic:
+and no XenStore traffic.  resolv.conf and os-release are usually replaced by rename
+(resolvconf, NetworkManager, systemd-resolved, package managers) and are often symlinks
+(``/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf``), so a watch on the file
+itself would die with the old inode: the *directory* of each link in the chain is
+watched, and the chain is re-resolved after every change.
 
-* Linux: inotify(7) on the parent *directories* of the watched files, filtered by name.
-  resolv.conf and os-release are usually replaced by rename (resolvconf, NetworkManager,
-  systemd-resolved, package managers) and are often symlinks (``/etc/resolv.conf ->
-  /run/systemd/resolve/stub-resolv.conf``), so a watch on the file itself would die
-  with the old inode: the directory of each link in the chain is watched, and the chain
-  is re-resolved after every change.  ``/proc/sys/kernel/hostname`` supports poll(2):
-  sethostname(2) calls ``uts_proc_notify`` (kernel/utsname_sysctl.c), which bumps the
-  sysctl's poll event, and ``proc_sys_poll`` (fs/proc/proc_sysctl.c) then reports
-  POLLERR|POLLPRI once per change to every open file (POLLIN is always set, so only
-  POLLPRI is asked for).  The event is shared by all UTS namespaces: a container's
-  sethostname wakes us too, and costs one re-read of the names.
+* Linux: dnotify, ``fcntl(dirfd, F_NOTIFY, ...)`` on each directory.  Not inotify(7):
+  Python reaches inotify only through ctypes, and ctypes with libffi is a large share
+  of the idle daemon's memory (docs/performance.md), while dnotify needs only the fcntl
+  module.  From the kernel (fs/notify/dnotify/dnotify.c, Documentation/filesystems/
+  dnotify.rst):
+
+  - ``convert_arg``: DN_MODIFY is a write or truncate of an entry, DN_ATTRIB its
+    chmod/chown/utimes, DN_CREATE a creation *or a rename into* the directory (how
+    resolv.conf and os-release are replaced, and how a link is repointed), DN_DELETE an
+    unlink or a rename out, DN_RENAME a rename inside it.  DN_MULTISHOT keeps the
+    registration after the first event (``dnotify_handle_event`` frees it otherwise).
+  - An event is a signal, nothing more: ``fcntl_dirnotify`` makes the calling process
+    (its thread group, ``__f_setown`` with PIDTYPE_TGID) the owner, and
+    ``send_sigio_to_task`` (fs/fcntl.c) sends it plain SIGIO, whose default action
+    ends the process (signal(7)).  So our handler is installed before any directory is
+    armed and only writes a byte to a self-pipe that the poll loop watches; where the
+    kernel picks another thread, the daemon's ``signal.set_wakeup_fd`` wakes poll() and
+    the handler runs before the next poll().  Neither says which entry changed: the
+    entries' stat signatures are compared (as on FreeBSD), so a change elsewhere in
+    the directory costs a few stat(2) calls and reports nothing.
+  - Closing the descriptor ends the registration (``filp_flush`` in fs/open.c calls
+    ``dnotify_flush``); :meth:`FileWatch.close` then restores the previous SIGIO
+    handler.
+  - F_NOTIFY fails with EINVAL on a kernel without CONFIG_DNOTIFY
+    (include/linux/dnotify.h) or with ``fs.dir-notify-enable`` at 0: the sweep covers
+    the files then.  Events come from this kernel's VFS, so a change made by another
+    machine on a network filesystem is not seen either.  Only a directory's entries
+    report: a watched directory renamed away whole is left to the sweep (one removed
+    reports its entries' unlinking, and one made again at its path is reopened).
+  - signal.signal works only in the main thread: elsewhere the directories are not
+    watched (logged), and the host name still is.
+
+  ``/proc/sys/kernel/hostname`` supports poll(2): sethostname(2) calls
+  ``uts_proc_notify`` (kernel/utsname_sysctl.c), which bumps the sysctl's poll event,
+  and ``proc_sys_poll`` (fs/proc/proc_sysctl.c) then reports POLLERR|POLLPRI once per
+  change to every open file (POLLIN is always set, so only POLLPRI is asked for).  The
+  event is shared by all UTS namespaces: a container's sethostname wakes us too, and
+  costs one re-read of the names.
 * FreeBSD: kqueue(2) ``EVFILT_VNODE`` on the directories (``NOTE_WRITE``: an entry was
   added, removed or renamed) and on the files themselves (written, attributes, deleted,
   renamed).  A directory event does not say which entry changed, so the files' stat
   signatures are compared.  FreeBSD has no event for ``kern.hostname``: the sweep keeps
   covering it there.
 
-Every path goes through :class:`~xenguest_agent.host.Host`, so tests point the watch at a
-temporary tree; symlinks are resolved inside that root.
+A signature is (device, inode, size, mtime, ctime): a rewrite in place that keeps the
+size within one timestamp tick of the previous look is left to the sweep.  Every path
+goes through :class:`~xenguest_agent.host.Host`, so tests point the watch at a temporary
+tree; symlinks are resolved inside that root.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import fcntl
 import os
 import select
-import struct
+import signal
 
 from xenguest_agent.host import Host
 from xenguest_agent.log import get_logger
+from xenguest_agent.wakeup import Wakeup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,21 +92,12 @@ WATCHED: dict[str, dict[str, tuple[str, ...]]] = {
 HOSTNAME = "/proc/sys/kernel/hostname"
 MAX_LINKS = 8  # links followed per watched file (the kernel allows 40; none needs more)
 
-# linux/inotify.h
-IN_ATTRIB = 0x00000004
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_FROM = 0x00000040
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_DELETE = 0x00000200
-IN_DELETE_SELF = 0x00000400
-IN_MOVE_SELF = 0x00000800
-IN_Q_OVERFLOW = 0x00004000
-IN_IGNORED = 0x00008000
-IN_ONLYDIR = 0x01000000
-DIRECTORY_MASK = (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB
-                  | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
-EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+# include/uapi/linux/fcntl.h (the fcntl module has them on Linux only; this module is
+# imported on FreeBSD too)
+F_NOTIFY = 1024 + 2  # F_LINUX_SPECIFIC_BASE + 2
+DN_MODIFY, DN_CREATE, DN_DELETE, DN_RENAME, DN_ATTRIB = 0x2, 0x4, 0x8, 0x10, 0x20
+DN_MULTISHOT = 0x80000000
+DN_EVENTS = DN_MODIFY | DN_CREATE | DN_DELETE | DN_RENAME | DN_ATTRIB | DN_MULTISHOT
 
 
 def resolve(root: str, guest_path: str) -> str | None:
@@ -131,31 +156,21 @@ def plan(host: Host, watched: dict[str, tuple[str, ...]]) -> dict[str, dict[str,
     return out
 
 
-def _libc() -> Any:
-    # The symbols already loaded (libc among them): ctypes.util.find_library would run
-    # `ldconfig -p` in a child process and import subprocess, for nothing.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.inotify_init1.argtypes = [ctypes.c_int]
-    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-    libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-    return libc
-
-
 class FileWatch:
     """Tells the daemon's poll loop which collectors' files changed.
 
     ``start()`` -> False when this OS offers no usable mechanism (the daemon then keeps
     its sweep); ``fds()`` -> (fd, poll mask) pairs to add to its poll(); ``handle(fd)``
     after poll reported ``fd`` -> the collectors to re-run (``"os"``, ``"names"``);
-    ``close()`` releases every descriptor."""
+    ``close()`` releases every descriptor (and, on Linux, gives SIGIO back)."""
 
     def __init__(self, host: Host, os_name: str) -> None:
         self.host = host
         self.os_name = os_name
         self.watched = WATCHED.get(os_name, {})
-        self._inotify: int | None = None
-        self._libc: Any = None
-        self._wds: dict[int, str] = {}
+        self._sigio: Wakeup | None = None  # Linux: the self-pipe the SIGIO handler writes
+        self._previous: Any = None  # Linux: SIGIO's handler before start()
+        self._dirs: dict[str, tuple[int, int, int]] = {}  # Linux: directory -> (fd, dev, ino)
         self._plan: dict[str, dict[str, set[str]]] = {}
         self._hostname: int | None = None
         self._kqueue: Any = None
@@ -167,12 +182,11 @@ class FileWatch:
     def start(self) -> bool:
         if not self.watched:
             return False
+        if self.os_name == "linux":
+            return self._start_linux()
         try:
-            if self.os_name == "linux":
-                self._start_linux()
-            else:
-                self._start_freebsd()
-        except (OSError, AttributeError) as exc:  # no inotify/kqueue, no libc symbol
+            self._start_freebsd()
+        except (OSError, AttributeError) as exc:  # no kqueue
             log.info("file change events unavailable (%s): the sweep covers them", exc)
             self.close()
             return False
@@ -180,8 +194,8 @@ class FileWatch:
 
     def fds(self) -> list[tuple[int, int]]:
         out = []
-        if self._inotify is not None:
-            out.append((self._inotify, select.POLLIN))
+        if self._sigio is not None:
+            out.append((self._sigio.read_fd, select.POLLIN))
         if self._hostname is not None:
             out.append((self._hostname, select.POLLPRI))
         if self._kqueue is not None:
@@ -191,90 +205,113 @@ class FileWatch:
     def handle(self, fd: int) -> frozenset[str]:
         if fd == self._hostname:
             return frozenset({"names"})
-        if fd == self._inotify:
-            return self._drain_inotify()
+        if self._sigio is not None and fd == self._sigio.read_fd:
+            return self._drain_dnotify()
         if self._kqueue is not None and fd == self._kqueue.fileno():
             return self._drain_kqueue()
         return frozenset()
 
     def close(self) -> None:
-        for fd in (self._inotify, self._hostname, *self._vnodes):
+        self._stop_dnotify()
+        for fd in (self._hostname, *self._vnodes):
             if fd is not None:
                 os.close(fd)
         if self._kqueue is not None:
             self._kqueue.close()
-        self._inotify = self._hostname = self._kqueue = None
-        self._wds, self._vnodes = {}, {}
+        self._hostname = self._kqueue = None
+        self._vnodes = {}
 
     # --- Linux ------------------------------------------------------------------------------
 
-    def _start_linux(self) -> None:
-        self._libc = _libc()
-        fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1: " + os.strerror(ctypes.get_errno()))
-        self._inotify = fd
-        self._arm_linux()
+    def _start_linux(self) -> bool:
         try:
             self._hostname = os.open(self.host.path(HOSTNAME), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             log.info("%s cannot be watched (%s): host name changes wait for the sweep", HOSTNAME, exc)
+        try:
+            self._sigio = Wakeup()
+            # before any directory is armed: SIGIO's default action ends the process
+            self._previous = signal.signal(signal.SIGIO, self._on_sigio)
+            self._arm_linux()
+        except (OSError, ValueError) as exc:  # ValueError: not the main thread
+            log.info("directory change events unavailable (%s): the sweep covers os-release "
+                     "and resolv.conf", exc)
+            self._stop_dnotify()
+        return self._sigio is not None or self._hostname is not None
+
+    def _on_sigio(self, signum: int, frame: Any) -> None:
+        """The SIGIO handler: a byte in the pipe (a full pipe drops it: one pending byte is
+        enough), and whoever handled SIGIO before hears it too."""
+        if self._sigio is not None:
+            self._sigio.wake()
+        if callable(self._previous):
+            self._previous(signum, frame)
 
     def _arm_linux(self) -> None:
-        """(Re)compute the directories to watch and bring the kernel's set in line."""
-        assert self._inotify is not None
+        """(Re)plan and bring the armed directories in line: one no longer planned, or
+        replaced by another at its path, is closed (which ends its registration); a new
+        one is opened and armed.  The signatures are taken last, so that any change after
+        them raises a signal."""
         self._plan = plan(self.host, self.watched)
-        wanted = set(self._plan)
-        for wd, directory in list(self._wds.items()):
-            if directory not in wanted:
-                self._libc.inotify_rm_watch(self._inotify, wd)
-                del self._wds[wd]
-        present = set(self._wds.values())
-        for directory in sorted(wanted - present):
-            wd = self._libc.inotify_add_watch(self._inotify, os.fsencode(directory), DIRECTORY_MASK)
-            if wd < 0:
-                log.debug("cannot watch %s: %s", directory, os.strerror(ctypes.get_errno()))
-                continue
-            self._wds[wd] = directory
-
-    def _drain_inotify(self) -> frozenset[str]:
-        assert self._inotify is not None
-        changed: set[str] = set()
-        rearm = False
-        while True:
+        for directory, (fd, dev, ino) in list(self._dirs.items()):
             try:
-                data = os.read(self._inotify, 65536)
+                info = os.stat(directory)
+                same = (info.st_dev, info.st_ino) == (dev, ino)
+            except OSError:
+                same = False
+            if directory not in self._plan or not same:
+                os.close(fd)
+                del self._dirs[directory]
+        for directory in sorted(set(self._plan) - set(self._dirs)):
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
-            if not data:
-                break
-            offset = 0
-            while offset + EVENT.size <= len(data):
-                wd, mask, _cookie, length = EVENT.unpack_from(data, offset)
-                raw = data[offset + EVENT.size: offset + EVENT.size + length]
-                offset += EVENT.size + length
-                name = os.fsdecode(raw.split(b"\0", 1)[0])
-                if mask & IN_Q_OVERFLOW:  # events were lost: assume everything changed
-                    changed.update(self.watched)
-                    rearm = True
-                    continue
-                if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
-                    # the directory itself went away or moved: what it held is gone
-                    entries = self._plan.get(self._wds.get(wd, ""), {})
-                    changed.update(c for names in entries.values() for c in names)
-                    if mask & IN_IGNORED:
-                        self._wds.pop(wd, None)
-                    rearm = True
-                    continue
-                collectors = self._plan.get(self._wds.get(wd, ""), {}).get(name)
-                if collectors:
-                    changed.update(collectors)
-                    rearm = True  # a link may now point elsewhere
-        if rearm:
-            self._arm_linux()
-        return frozenset(changed)
+                log.debug("cannot watch %s: %s", directory, exc)
+                continue
+            try:
+                fcntl.fcntl(fd, F_NOTIFY, DN_EVENTS)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno == errno.EINVAL:  # dnotify is off: no directory can be watched
+                    raise
+                log.debug("cannot watch %s: %s", directory, exc)
+                continue
+            info = os.fstat(fd)
+            self._dirs[directory] = (fd, info.st_dev, info.st_ino)
+        self._signatures = signatures(self._plan)
+
+    def _drain_dnotify(self) -> frozenset[str]:
+        """Empty the pipe first (a signal after this is a new byte, a new wake-up), then
+        compare what changed, through the old plan and the new one."""
+        assert self._sigio is not None
+        self._sigio.drain()
+        before, before_plan = self._signatures, self._plan
+        self._arm_linux()
+        return (changed_collectors(before, self._signatures, before_plan)
+                | changed_collectors(before, self._signatures, self._plan))
+
+    def _stop_dnotify(self) -> None:
+        for fd, _dev, _ino in self._dirs.values():
+            os.close(fd)  # no SIGIO is sent for it from here on
+        self._dirs = {}
+        if self._sigio is None:
+            return
+        if signal.getsignal(signal.SIGIO) == self._on_sigio:
+            # One sent before the descriptors closed may still be pending: taken here,
+            # while SIGIO is blocked, rather than by a default action that ends us.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+            try:
+                while signal.SIGIO in signal.sigpending():
+                    signal.sigtimedwait({signal.SIGIO}, 0)
+                    if callable(self._previous):
+                        self._previous(signal.SIGIO, None)
+                previous = self._previous if self._previous is not None else signal.SIG_DFL
+                signal.signal(signal.SIGIO, previous)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._sigio.close()
+        self._sigio = None
+        self._previous = None
 
     # --- FreeBSD ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ the OS offers none, the daemon polls (network) or relies on its sweep (files).
 * :class:`~xenguest_agent.netevents.NetworkEvents`: rtnetlink or the FreeBSD
   routing socket, coalesced (``read_ready`` is called on every wake-up and at
   its own deadline, since a coalescing window may close with the socket quiet);
-* :class:`~xenguest_agent.filewatch.FileWatch`: inotify/kqueue on os-release,
+* :class:`~xenguest_agent.filewatch.FileWatch`: dnotify/kqueue on os-release,
   resolv.conf and the host name (``/proc/sys/kernel/hostname`` reports a change
   as POLLPRI, kernel/utsname_sysctl.c ``uts_proc_notify``).
 """
