@@ -121,6 +121,7 @@ class Daemon:
         self.rounds = 0
         self.resumes = 0
         self._jobs_done = False
+        self._static_ip_nics: Optional[Tuple[Tuple[str, str, int], ...]] = None
         if hooks is not None:  # a finished hook or command wakes the loop
             hooks.notify = self._on_jobs_done
 
@@ -206,7 +207,13 @@ class Daemon:
         # only=(): no collector runs, the last facts are rendered and compared again
         self._publish(None if full or dirty >= ALL else tuple(sorted(dirty)))
         if self.static_ip is not None and (full or "interfaces" in dirty):
-            self.static_ip.on_event(self.store)  # a request may name a NIC that just appeared
+            # a waiting request may name a NIC that just appeared; the requests themselves
+            # are watched, so a sweep that found the same NICs reads nothing
+            nics = tuple(sorted((i.name, i.mac or "", -1 if i.vif is None else i.vif)
+                                for i in self.agent.resolved_interfaces()))
+            if full or nics != self._static_ip_nics:
+                self._static_ip_nics = nics
+                self.static_ip.on_event(self.store)
 
     def _lost(self, exc: XenStoreError) -> None:
         log.warning("lost XenStore: %s; reconnecting", exc)
