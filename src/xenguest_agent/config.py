@@ -111,7 +111,7 @@ class Config:
     """Everything the daemon needs to know, immutable once built."""
 
     xenstore: Optional[str] = None     # None: the per-OS default device
-    interval: float = 300.0            # safety sweep with network events: full re-collection (s)
+    interval: float = 600.0            # safety sweep with events: full re-collection (s)
     poll_interval: float = 5.0         # everything, when no network event source exists (s)
     log_level: str = "info"
     memory: MemoryConfig = field(default_factory=MemoryConfig)
