@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from typing import Optional
 
 import pytest
 
@@ -27,9 +29,11 @@ from xenguest_agent.config import Config, MemoryConfig
 from xenguest_agent.daemon import Daemon
 from xenguest_agent.facts import Memory
 from xenguest_agent.host import Host
+from xenguest_agent.loopsources import LoopSources
 from xenguest_agent.publisher import Publisher
 from xenguest_agent.sdnotify import Notifier
 from xenguest_agent.ticks import MEMORY_CHECK, ping_window, tick_interval
+from xenguest_agent.wakeup import Wakeup
 from xenguest_agent.xenstore import XenStore
 
 HOME = "/local/domain/0"
@@ -166,3 +170,43 @@ def test_a_memory_tick_below_the_rule_renders_nothing(xenstored, tmp_path):
         store.close()
         notify.close()
     assert not thread.is_alive()
+
+
+class CountingNet(QuietNet):
+    """QuietNet that counts the loop's looks at it, with a coalescing window it can open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.window_closes: Optional[float] = None
+
+    def deadline(self):
+        return self.window_closes
+
+    def read_ready(self, _now):
+        self.reads += 1
+        return None
+
+
+def test_an_idle_tick_reads_no_socket_that_poll_did_not_report() -> None:
+    """The memory tick wakes on poll()'s timeout alone: nothing is readable, so nothing is
+    read (each read that answers EAGAIN is a system call and an exception in every idle
+    wake-up).  The network source is still asked when its coalescing window closes, and
+    when its socket is readable."""
+    net = CountingNet()
+    wakeup = Wakeup()
+    sources = LoopSources(wakeup, net)  # type: ignore[arg-type]
+    try:
+        assert sources.open(frozenset({"memory", "interfaces"}))
+        assert sources.wait(0.0, time.monotonic) == set()
+        assert net.reads == 0
+        net.window_closes = time.monotonic()
+        sources.wait(0.0, time.monotonic)
+        assert net.reads == 1
+        net.window_closes = None
+        os.write(net.w, b"x")
+        sources.wait(5.0, time.monotonic)
+        assert net.reads == 2
+    finally:
+        sources.close()
+        wakeup.close()

@@ -72,18 +72,22 @@ class LoopSources:
     def wait(self, timeout: float, clock: Callable[[], float]) -> Set[str]:
         """Sleep in poll() for at most ``timeout`` seconds; the collectors to re-run."""
         ready = self._poller.poll(max(0.0, timeout) * 1000.0 + 1.0)  # +1 ms: past the deadline
-        self.wakeup.drain()
+        fds = {fd for fd, _events in ready}
+        if self.wakeup.read_fd in fds:  # an idle tick (a timeout) reads nothing it need not
+            self.wakeup.drain()
         dirty: Set[str] = set()
-        for fd, _events in ready:
+        for fd in fds:
             if fd in self._file_fds and self.files is not None:
                 dirty |= self.files.handle(fd)
-        if self.net is not None and self._net_fd >= 0:
-            kind = self.net.read_ready(clock())  # drains; never blocks
+        net = self.net
+        if net is not None and self._net_fd >= 0 and (self._net_fd in fds
+                                                      or net.deadline() is not None):
+            kind = net.read_ready(clock())  # drains; never blocks
             if kind == RESYNC:
                 dirty |= self._all
             elif kind is not None:
                 dirty |= NET_COLLECTORS
-            if self.net.fileno() != self._net_fd:  # failed for good (and closed)
+            if net.fileno() != self._net_fd:  # failed for good (and closed)
                 self._poller.unregister(self._net_fd)
                 self._net_fd = -1
                 self.net_lost = True
