@@ -448,3 +448,26 @@ def test_hostname_change_is_reported_by_poll():
     done = subprocess.run([unshare, "--uts", sys.executable, "-c", script], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def test_a_link_replaced_while_it_is_followed_is_no_error(tmp_path, monkeypatch):
+    """resolvconf and package managers replace a link by unlink + symlink; between the
+    agent's look at the entry and its readlink(2) the link can be gone (ENOENT).  The
+    plan must then stop at that entry (the replacement's own event re-plans), never raise
+    out of the loop: found by review, a replace loop beside the daemon ended it."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "run/resolvconf").mkdir(parents=True)
+    (root / "run/resolvconf/resolv.conf").write_text("search example.com\n")
+    os.symlink("/run/resolvconf/resolv.conf", root / "etc/resolv.conf")
+    real_readlink = os.readlink
+
+    def vanished(path, *args, **kwargs):
+        if str(path).endswith("etc/resolv.conf"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", vanished)
+    planned = filewatch.plan(Host(str(root)), {"names": ("/etc/resolv.conf",)})
+    assert planned == {str(root / "etc"): {"resolv.conf": {"names"}}}
+    assert filewatch.resolve(str(root), "/etc/resolv.conf") == "/etc/resolv.conf"

@@ -7,6 +7,7 @@ NICs it has): only then is the request tree read again."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from support.guestroot import GuestRoot
@@ -17,7 +18,7 @@ from xenguest_agent.config import Config
 from xenguest_agent.daemon import ALL, Daemon
 from xenguest_agent.host import Host
 from xenguest_agent.publisher import Publisher
-from xenguest_agent.xenstore import XenStore
+from xenguest_agent.xenstore import XenStore, XenStoreError
 
 
 class RecordingStaticIp:
@@ -25,14 +26,18 @@ class RecordingStaticIp:
 
     notify = None
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: int = 0) -> None:
         self.looks = 0
+        self.refuse = refuse
 
     def feature_keys(self) -> dict[str, str]:
         return {}
 
     def on_event(self, store: XenStore) -> None:
         self.looks += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise XenStoreError(errno.EACCES, "EACCES (refused)", "xenserver/device/vif")
 
 
 def sweep(daemon: Daemon) -> None:
@@ -61,6 +66,31 @@ def test_a_sweep_reads_the_static_ip_requests_again_only_when_a_nic_appeared(xen
         daemon._full = True  # a full republish (resume, migration, SIGHUP) looks again
         daemon._publish_dirty()
         assert static_ip.looks == 3
+    finally:
+        store.close()
+        daemon.wakeup.close()
+
+
+def test_a_refused_look_at_the_requests_is_tried_again_at_the_next_sweep(xenstored,
+                                                                        tmp_path: Path):
+    """Found by review: the NIC set was remembered before the read, so a read xenstored
+    refused (EACCES, EAGAIN) was never tried again while the NICs stayed the same."""
+    guest = GuestRoot(tmp_path / "guest")
+    host = Host(str(guest.root))
+    agent = Agent(LinuxBackend(host, CapturedAddresses(host)), Config())
+    store = XenStore(xenstored.spec)
+    store.connect()
+    static_ip = RecordingStaticIp(refuse=1)
+    daemon = Daemon(agent, store, Publisher(store), Config(), static_ip=static_ip)  # type: ignore[arg-type]
+    daemon._connected = True  # as after _start_session: _guarded runs the step
+    try:
+        daemon._dirty = set(ALL)
+        daemon._guarded(daemon._publish_dirty)  # refused: logged, "retrying next round"
+        assert static_ip.looks == 1
+        sweep(daemon)
+        assert static_ip.looks == 2  # the same NICs, but the last look was refused
+        sweep(daemon)
+        assert static_ip.looks == 2
     finally:
         store.close()
         daemon.wakeup.close()

@@ -121,7 +121,7 @@ class Daemon:
         self.rounds = 0
         self.resumes = 0
         self._jobs_done = False
-        self._static_ip_nics: Optional[Tuple[Tuple[str, str, int], ...]] = None
+        self._static_ip_nics: Optional[Tuple[Tuple[str, str, int, Tuple[str, ...]], ...]] = None
         if hooks is not None:  # a finished hook or command wakes the loop
             hooks.notify = self._on_jobs_done
 
@@ -209,11 +209,12 @@ class Daemon:
         if self.static_ip is not None and (full or "interfaces" in dirty):
             # a waiting request may name a NIC that just appeared; the requests themselves
             # are watched, so a sweep that found the same NICs reads nothing
-            nics = tuple(sorted((i.name, i.mac or "", -1 if i.vif is None else i.vif)
+            nics = tuple(sorted((i.name, i.mac or "", -1 if i.vif is None else i.vif, i.lower)
                                 for i in self.agent.resolved_interfaces()))
             if full or nics != self._static_ip_nics:
-                self._static_ip_nics = nics
+                self._static_ip_nics = None  # kept only once read: a refused read is retried
                 self.static_ip.on_event(self.store)
+                self._static_ip_nics = nics
 
     def _lost(self, exc: XenStoreError) -> None:
         log.warning("lost XenStore: %s; reconnecting", exc)

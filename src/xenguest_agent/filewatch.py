@@ -100,6 +100,16 @@ DN_MULTISHOT = 0x80000000
 DN_EVENTS = DN_MODIFY | DN_CREATE | DN_DELETE | DN_RENAME | DN_ATTRIB | DN_MULTISHOT
 
 
+def _readlink(path: str) -> str | None:
+    """The link's target, or None when ``path`` is not a link, or stopped being one: a
+    link replaced between two looks (resolvconf and package managers do that) is seen by
+    the change event it causes, and the next plan follows the new one."""
+    try:
+        return os.readlink(path)
+    except OSError:  # EINVAL: not a link; ENOENT: gone
+        return None
+
+
 def resolve(root: str, guest_path: str) -> str | None:
     """``guest_path`` with every symlink resolved inside ``root`` (an absolute link
     target starts again at the root, as it would for the guest), or None for a loop.
@@ -114,11 +124,11 @@ def resolve(root: str, guest_path: str) -> str | None:
             continue
         candidate = os.path.join(done, part)
         real = os.path.join(root, candidate.lstrip("/"))
-        if os.path.islink(real):
+        target = _readlink(real)
+        if target is not None:
             links += 1
             if links > 40:  # the kernel's MAXSYMLINKS
                 return None
-            target = os.readlink(real)
             if target.startswith("/"):
                 done = "/"
             queue = [p for p in target.split("/") if p] + queue
@@ -148,10 +158,9 @@ def plan(host: Host, watched: dict[str, tuple[str, ...]]) -> dict[str, dict[str,
                 if not os.path.isdir(directory):
                     break
                 out.setdefault(directory, {}).setdefault(name, set()).add(collector)
-                entry = os.path.join(directory, name)
-                if not os.path.islink(entry):
+                target = _readlink(os.path.join(directory, name))
+                if target is None:
                     break
-                target = os.readlink(entry)
                 current = target if target.startswith("/") else os.path.join(parent, target)
     return out
 

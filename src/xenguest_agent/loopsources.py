@@ -78,7 +78,11 @@ class LoopSources:
         dirty: Set[str] = set()
         for fd in fds:
             if fd in self._file_fds and self.files is not None:
-                dirty |= self.files.handle(fd)
+                try:
+                    dirty |= self.files.handle(fd)
+                except OSError as exc:  # one odd file must not end the daemon
+                    log.warning("file change events: %s; collecting everything", exc)
+                    dirty |= self._all
         net = self.net
         if net is not None and self._net_fd >= 0 and (self._net_fd in fds
                                                       or net.deadline() is not None):
