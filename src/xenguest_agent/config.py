@@ -22,6 +22,7 @@ from xenguest_agent.configcheck import (
     MAX_DEPTH,
     MAX_GRACE,
 )
+from xenguest_agent.log import LEVELS
 from xenguest_agent.records import dataclass, field
 
 TYPE_CHECKING = False
@@ -39,7 +40,8 @@ FREEBSD_CONFIG_PATH = "/usr/local/etc/xenguest-agent/config.yaml"
 LINUX_HOOKS_DIR = "/etc/xenguest-agent/hooks"
 FREEBSD_HOOKS_DIR = "/usr/local/etc/xenguest-agent/hooks"
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+#: the levels log.py writes, least severe first (log_level, --log-level)
+LOG_LEVELS = tuple(LEVELS)
 CONTROL_MODES = ("auto", "agent", "observe")
 
 
