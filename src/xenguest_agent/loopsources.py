@@ -84,9 +84,11 @@ class LoopSources:
                     log.warning("file change events: %s; collecting everything", exc)
                     dirty |= self._all
         net = self.net
+        closes = net.deadline() if net is not None else None
+        now = clock()
         if net is not None and self._net_fd >= 0 and (self._net_fd in fds
-                                                      or net.deadline() is not None):
-            kind = net.read_ready(clock())  # drains; never blocks
+                                                      or (closes is not None and closes <= now)):
+            kind = net.read_ready(now)  # drains; never blocks
             if kind == RESYNC:
                 dirty |= self._all
             elif kind is not None:
